@@ -1,0 +1,27 @@
+# Everything a new user needs on a fresh Debian machine, as root:
+#   make demo   runs examples/quickstart
+#   make test   runs the test suite (race detector on)
+GO ?= go
+TESTFLAGS ?= -race -count=1 -timeout 15m
+
+.PHONY: deps demo test vet bench-quick
+
+# Installs runc and busybox-static when they are missing.
+deps:
+	@if ! command -v runc >/dev/null 2>&1 || [ ! -x /bin/busybox ]; then \
+		echo "installing runc and busybox-static"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc busybox-static >/dev/null; \
+	fi
+
+demo: deps
+	$(GO) run ./examples/quickstart
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+test: deps vet
+	$(GO) test $(TESTFLAGS) ./...
+
+bench-quick: deps
+	$(GO) run ./bench -quick

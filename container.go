@@ -1,0 +1,647 @@
+package runckit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Files runckit keeps in the bundle directory while the container exists.
+const (
+	optionsFile = "runckit.json"     // RuntimeOptions, mode 0600
+	initPidFile = "init.pid"         // written by runc create
+	createLog   = "runckit-log.json" // runc's JSON log for create and later steps
+)
+
+// Container is an OCI container created with runc. Its methods are safe for
+// concurrent use; operations on different processes run in parallel.
+type Container struct {
+	id      string
+	bundle  string
+	cfg     containerConfig
+	runtime *runc.Runc
+	watcher ExitWatcher
+	events  *eventQueue
+	// hostPID is true when the container shares the host PID namespace, so
+	// that init's exit does not end the other processes (DESIGN.md rule 7).
+	hostPID bool
+	// undo reverses what NewContainer did outside runc (mounts, files).
+	undo []func()
+
+	init *Process
+
+	// mu guards the fields below and the state fields of every Process of
+	// this container. It is never held across a runtime invocation.
+	mu          sync.Mutex
+	execs       map[string]*Process
+	activeExecs int  // execs starting or running: init's exit waits for them
+	initExited  bool // init has been reaped (its event may be deferred)
+	initPending bool // init's exit is held back until activeExecs reaches 0
+	paused      bool
+	deleting    bool
+	deleted     bool
+}
+
+// registry reserves container IDs per runtime root, so two NewContainer
+// calls with one ID can not both get as far as runc.
+var registry = struct {
+	sync.Mutex
+	ids map[string]struct{}
+}{ids: make(map[string]struct{})}
+
+func reserveID(root, id string) error {
+	key := root + "\x00" + id
+	registry.Lock()
+	defer registry.Unlock()
+	if _, ok := registry.ids[key]; ok {
+		return fmt.Errorf("runckit: container %q already exists in %s: %w", id, root, errdefs.ErrAlreadyExists)
+	}
+	if _, err := os.Stat(filepath.Join(root, id)); err == nil {
+		return fmt.Errorf("runckit: container %q already exists in runtime root %s: %w", id, root, errdefs.ErrAlreadyExists)
+	}
+	registry.ids[key] = struct{}{}
+	return nil
+}
+
+func releaseID(root, id string) {
+	registry.Lock()
+	delete(registry.ids, root+"\x00"+id)
+	registry.Unlock()
+}
+
+// NewContainer creates container id from the OCI bundle in bundleDir with
+// runc create. When it returns, init exists but does not run the user's
+// program until Start. On failure nothing is left behind: no mount, file,
+// fd, goroutine or runtime state.
+func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ *Container, retErr error) {
+	if err := validateID("container", id); err != nil {
+		return nil, err
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.stdio.validate(); err != nil {
+		return nil, err
+	}
+	bundle, err := checkBundle(bundleDir, cfg.spec == nil)
+	if err != nil {
+		return nil, err
+	}
+	runtimePath, err := exec.LookPath(cfg.runtime)
+	if err != nil {
+		return nil, fmt.Errorf("runckit: runtime %q not found (%v); install runc, e.g. \"apt-get install runc\", or name it with WithRuntime: %w",
+			cfg.runtime, err, errdefs.ErrUnavailable)
+	}
+	watcher := cfg.watcher
+	if watcher == nil {
+		if watcher, err = sharedExitWatcher(); err != nil {
+			return nil, err
+		}
+	}
+	if err := reserveID(cfg.runtimeRoot, id); err != nil {
+		return nil, err
+	}
+
+	c := &Container{
+		id:      id,
+		bundle:  bundle,
+		cfg:     cfg,
+		watcher: watcher,
+		execs:   make(map[string]*Process),
+		runtime: &runc.Runc{
+			Command:       runtimePath,
+			Root:          cfg.runtimeRoot,
+			Log:           filepath.Join(bundle, createLog),
+			LogFormat:     runc.JSON,
+			SystemdCgroup: cfg.runtimeOpts.SystemdCgroup,
+		},
+	}
+	defer func() {
+		if retErr != nil {
+			c.runUndo()
+			releaseID(cfg.runtimeRoot, id)
+		}
+	}()
+	spec, err := c.prepareBundle()
+	if err != nil {
+		return nil, err
+	}
+	c.hostPID = sharesHostPID(spec)
+
+	c.init = newProcess(c, "", nil, cfg.stdio)
+	pid, pio, err := c.runCreate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pidfd, err := openPidfd(pid)
+	if err != nil {
+		c.forceDelete()
+		reapPid(pid)
+		pio.abortHost()
+		return nil, fmt.Errorf("runckit: create container %q: %w", id, err)
+	}
+	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
+	c.events = newEventQueue(cfg.sink)
+	c.publishLocked(Event{Kind: EventCreate, Pid: pid})
+	if err := watcher.Watch(pid, c.init.onExit); err != nil {
+		// The create event is out; keep the stream whole: exit, then delete.
+		c.forceDelete()
+		c.init.onExit(reapPid(pid))
+		c.mu.Lock()
+		c.deleted = true
+		c.publishLocked(Event{Kind: EventDelete, Pid: pid, Status: c.init.status})
+		c.events.close()
+		c.mu.Unlock()
+		return nil, fmt.Errorf("runckit: create container %q: watch init: %w", id, err)
+	}
+	return c, nil
+}
+
+// checkBundle resolves the bundle path and checks that it is a directory
+// with a config.json (unless one is about to be written).
+func checkBundle(dir string, needConfig bool) (string, error) {
+	if dir == "" {
+		return "", fmt.Errorf("runckit: bundle path is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("runckit: bundle %q: %v: %w", dir, err, errdefs.ErrInvalidArgument)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("runckit: bundle %s: %v: %w", abs, err, errdefs.ErrInvalidArgument)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("runckit: bundle %s is not a directory: %w", abs, errdefs.ErrInvalidArgument)
+	}
+	if needConfig {
+		cfgPath := filepath.Join(abs, "config.json")
+		if _, err := os.Stat(cfgPath); err != nil {
+			return "", fmt.Errorf("runckit: bundle config %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	return abs, nil
+}
+
+// prepareBundle writes config.json when a spec was given, mounts the rootfs
+// mounts and writes the runtime options, recording how to undo each step.
+// It returns the spec the container will run.
+func (c *Container) prepareBundle() (*specs.Spec, error) {
+	cfgPath := filepath.Join(c.bundle, "config.json")
+	if c.cfg.spec != nil {
+		data, err := json.Marshal(c.cfg.spec)
+		if err != nil {
+			return nil, fmt.Errorf("runckit: encode spec: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		old, readErr := os.ReadFile(cfgPath)
+		if err := writeFileAtomic(cfgPath, data, 0o600); err != nil {
+			return nil, fmt.Errorf("runckit: write %s: %w", cfgPath, err)
+		}
+		c.undo = append(c.undo, func() {
+			if readErr == nil {
+				writeFileAtomic(cfgPath, old, 0o600)
+			} else {
+				os.Remove(cfgPath)
+			}
+		})
+	}
+	data, err := os.ReadFile(cfgPath)
+	if err != nil {
+		return nil, fmt.Errorf("runckit: read %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("runckit: parse %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Process == nil || len(spec.Process.Args) == 0 {
+		return nil, fmt.Errorf("runckit: %s: process.args is empty: %w", cfgPath, errdefs.ErrInvalidArgument)
+	}
+	if spec.Process.Terminal != c.cfg.stdio.Terminal {
+		return nil, fmt.Errorf("runckit: %s: process.terminal is %v but Stdio.Terminal is %v: %w",
+			cfgPath, spec.Process.Terminal, c.cfg.stdio.Terminal, errdefs.ErrInvalidArgument)
+	}
+	for _, m := range c.cfg.mounts {
+		target, err := mountRootfs(c.bundle, m)
+		if err != nil {
+			return nil, err
+		}
+		c.undo = append(c.undo, func() { unmount(target) })
+	}
+	opts, err := json.Marshal(c.cfg.runtimeOpts)
+	if err != nil {
+		return nil, err
+	}
+	optsPath := filepath.Join(c.bundle, optionsFile)
+	if err := writeFileAtomic(optsPath, opts, 0o600); err != nil {
+		return nil, fmt.Errorf("runckit: write %s: %w", optsPath, err)
+	}
+	c.undo = append(c.undo, func() {
+		os.Remove(optsPath)
+		os.Remove(filepath.Join(c.bundle, initPidFile))
+		os.Remove(filepath.Join(c.bundle, createLog))
+	})
+	return &spec, nil
+}
+
+// runUndo reverses prepareBundle, last step first.
+func (c *Container) runUndo() {
+	for i := len(c.undo) - 1; i >= 0; i-- {
+		c.undo[i]()
+	}
+	c.undo = nil
+}
+
+// sharesHostPID reports whether the spec leaves the process in the host's
+// PID namespace.
+func sharesHostPID(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return true
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace {
+			return ns.Path != "" && isHostPIDNamespace(ns.Path)
+		}
+	}
+	return true
+}
+
+func isHostPIDNamespace(path string) bool {
+	var a, b syscall.Stat_t
+	if syscall.Stat(path, &a) != nil || syscall.Stat("/proc/self/ns/pid", &b) != nil {
+		return false
+	}
+	return a.Ino == b.Ino && a.Dev == b.Dev
+}
+
+// runCreate runs runc create --detach and returns init's pid with its IO
+// started. On failure it leaves no runtime state and no open IO.
+func (c *Container) runCreate(ctx context.Context) (int, *processIO, error) {
+	pio, err := newProcessIO(c.cfg.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
+	if err != nil {
+		return 0, nil, err
+	}
+	os.Remove(c.runtime.Log) // the log must hold this create's messages only
+	pidFile := filepath.Join(c.bundle, initPidFile)
+	err = c.runtime.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
+		IO:            pio.runcIO(),
+		PidFile:       pidFile,
+		ConsoleSocket: pio.consoleSocket(), // create always detaches
+		NoPivot:       c.cfg.runtimeOpts.NoPivotRoot,
+		NoNewKeyring:  c.cfg.runtimeOpts.NoNewKeyring,
+	})
+	if err != nil {
+		pio.abort()
+		rerr := newRuntimeError("create", c.id, "", c.runtime.Log, err)
+		c.forceDelete() // runc may leave a half-made container behind
+		return 0, nil, rerr
+	}
+	pid, err := readPidFile(pidFile)
+	if err == nil {
+		err = pio.started(ctx)
+	}
+	if err != nil {
+		pio.abort()
+		c.forceDelete()
+		if pid > 0 {
+			reapPid(pid)
+		}
+		return 0, nil, fmt.Errorf("runckit: create container %q: %w", c.id, err)
+	}
+	return pid, pio, nil
+}
+
+// forceDelete removes runc's state for the container, killing init, with a
+// context of its own: it runs on cleanup paths whose context may be done.
+func (c *Container) forceDelete() {
+	if _, err := os.Stat(filepath.Join(c.cfg.runtimeRoot, c.id)); err != nil {
+		return
+	}
+	c.runtime.Delete(context.Background(), c.id, &runc.DeleteOpts{Force: true})
+}
+
+// ID returns the container's ID.
+func (c *Container) ID() string { return c.id }
+
+// Bundle returns the absolute path of the container's bundle.
+func (c *Container) Bundle() string { return c.bundle }
+
+// Init returns the container's init process.
+func (c *Container) Init() *Process { return c.init }
+
+// publishLocked queues e for the sink. Callers hold c.mu (or, in
+// NewContainer, own c exclusively), which is what orders events.
+func (c *Container) publishLocked(e Event) {
+	e.ContainerID = c.id
+	c.events.publish(e)
+}
+
+// Start starts the container's init process with runc start.
+func (c *Container) Start(ctx context.Context) error {
+	c.mu.Lock()
+	if c.deleted {
+		c.mu.Unlock()
+		return errDeleted(c.id)
+	}
+	if c.init.state != stateCreated {
+		state := c.init.state
+		c.mu.Unlock()
+		return fmt.Errorf("runckit: start container %q: init is %s: %w", c.id, state, errdefs.ErrFailedPrecondition)
+	}
+	c.init.state = stateStarting
+	c.mu.Unlock()
+
+	err := c.runtime.Start(ctx, c.id)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.init.state = stateCreated
+		err = newRuntimeError("start", c.id, "", c.runtime.Log, err)
+	} else {
+		c.init.state = stateRunning
+		c.publishLocked(Event{Kind: EventStart, Pid: c.init.pid})
+	}
+	if held := c.init.heldExit; held != nil {
+		c.init.heldExit = nil
+		c.handleExitLocked(c.init, *held)
+	}
+	return err
+}
+
+// Exec reserves an exec process with the given ID and spec; Start runs it.
+// A duplicate ID is ErrAlreadyExists; a container whose init has exited
+// takes no new execs (ErrFailedPrecondition).
+func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process, stdio Stdio) (*Process, error) {
+	if err := validateID("exec", execID); err != nil {
+		return nil, err
+	}
+	if spec == nil || len(spec.Args) == 0 {
+		return nil, fmt.Errorf("runckit: exec %q in container %q: process spec has no args: %w", execID, c.id, errdefs.ErrInvalidArgument)
+	}
+	if spec.Cwd == "" {
+		return nil, fmt.Errorf("runckit: exec %q in container %q: process spec has no cwd: %w", execID, c.id, errdefs.ErrInvalidArgument)
+	}
+	if err := stdio.validate(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted || c.deleting {
+		return nil, errDeleted(c.id)
+	}
+	if c.initExited {
+		return nil, fmt.Errorf("runckit: exec %q in container %q: init has exited: %w", execID, c.id, errdefs.ErrFailedPrecondition)
+	}
+	if _, ok := c.execs[execID]; ok {
+		return nil, fmt.Errorf("runckit: exec %q in container %q already exists: %w", execID, c.id, errdefs.ErrAlreadyExists)
+	}
+	specCopy := *spec
+	p := newProcess(c, execID, &specCopy, stdio)
+	c.execs[execID] = p
+	c.publishLocked(Event{Kind: EventExecAdded, ExecID: execID})
+	return p, nil
+}
+
+// Process returns the exec process with the given ID; "" returns init.
+func (c *Container) Process(execID string) (*Process, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted {
+		return nil, errDeleted(c.id)
+	}
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, fmt.Errorf("runckit: container %q has no exec %q: %w", c.id, execID, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+// Processes returns the container's exec processes, sorted by ID.
+func (c *Container) Processes() []*Process {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ps := make([]*Process, 0, len(c.execs))
+	for _, p := range c.execs {
+		ps = append(ps, p)
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].id < ps[j].id })
+	return ps
+}
+
+// Kill sends sig to init with runc kill, or to every process of the
+// container with KillAll.
+func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOption) error {
+	if err := validateSignal(sig); err != nil {
+		return err
+	}
+	var kc killConfig
+	for _, o := range opts {
+		o(&kc)
+	}
+	c.mu.Lock()
+	deleted := c.deleted
+	c.mu.Unlock()
+	if deleted {
+		return errDeleted(c.id)
+	}
+	if err := c.runtime.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: kc.all}); err != nil {
+		return newRuntimeError("kill", c.id, "", "", err)
+	}
+	return nil
+}
+
+// Wait waits for init to exit, after every exec, and returns its status.
+func (c *Container) Wait(ctx context.Context) (ExitStatus, error) {
+	return c.init.Wait(ctx)
+}
+
+// ContainerState is a snapshot of a container.
+type ContainerState struct {
+	ID     string
+	Bundle string
+	Pid    int // init's host pid
+	Status Status
+	// Execs are the IDs of the container's exec processes.
+	Execs []string
+}
+
+// State reports the container's state as runckit tracks it; it does not
+// call the runtime.
+func (c *Container) State(ctx context.Context) (ContainerState, error) {
+	st := ContainerState{ID: c.id, Bundle: c.bundle, Status: c.init.Status()}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted {
+		return ContainerState{}, errDeleted(c.id)
+	}
+	st.Pid = c.init.pid
+	for id := range c.execs {
+		st.Execs = append(st.Execs, id)
+	}
+	sort.Strings(st.Execs)
+	return st, nil
+}
+
+// Delete removes the container with runc delete, unmounts its rootfs mounts
+// and removes runckit's files from the bundle. A running container is
+// refused unless DeleteForce is given. The delete event is the container's
+// last; Delete returns once the sink has received it or ctx is done.
+func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
+	var dc deleteConfig
+	for _, o := range opts {
+		o(&dc)
+	}
+	c.mu.Lock()
+	if c.deleted || c.deleting {
+		c.mu.Unlock()
+		return errDeleted(c.id)
+	}
+	if !c.initExited && c.init.state != stateCreated && !dc.force {
+		state := c.init.state
+		c.mu.Unlock()
+		return fmt.Errorf("runckit: delete container %q: init is %s; stop it or use DeleteForce: %w",
+			c.id, state, errdefs.ErrFailedPrecondition)
+	}
+	c.deleting = true
+	c.mu.Unlock()
+
+	err := c.runtime.Delete(ctx, c.id, &runc.DeleteOpts{Force: dc.force || c.init.Status() == StatusCreated})
+	if err != nil {
+		rerr := newRuntimeError("delete", c.id, "", "", err)
+		if !errdefs.IsNotFound(rerr) {
+			c.mu.Lock()
+			c.deleting = false
+			c.mu.Unlock()
+			return rerr
+		}
+	}
+	// runc delete killed init if it was alive; its exit event must precede
+	// the delete event.
+	select {
+	case <-c.init.done:
+	case <-ctx.Done():
+		// runc has deleted the container, so init's exit is coming; the
+		// delete event must follow it, so the rest happens then.
+		go func() {
+			<-c.init.done
+			c.finishDelete()
+		}()
+		return fmt.Errorf("runckit: delete container %q: waiting for init to exit: %w", c.id, ctx.Err())
+	}
+	c.finishDelete()
+	c.events.flush(ctx)
+	return nil
+}
+
+// finishDelete undoes the bundle preparation and publishes the delete event.
+func (c *Container) finishDelete() {
+	c.runUndo()
+	releaseID(c.cfg.runtimeRoot, c.id)
+	c.mu.Lock()
+	c.deleted = true
+	c.init.state = stateDeleted
+	c.publishLocked(Event{Kind: EventDelete, Pid: c.init.pid, Status: c.init.status})
+	c.events.close()
+	c.mu.Unlock()
+}
+
+// Flush waits until every event published so far has reached the sink.
+func (c *Container) Flush(ctx context.Context) error {
+	return c.events.flush(ctx)
+}
+
+// handleExitLocked records p's exit and publishes it in causal order: an
+// exec's exit at once; init's only once no exec is starting or running.
+func (c *Container) handleExitLocked(p *Process, st ExitStatus) {
+	p.state = stateExited
+	p.status = st
+	p.pidfd.close()
+	if p != c.init {
+		c.publishExitLocked(p)
+		c.execDoneLocked()
+		return
+	}
+	c.initExited = true
+	if c.hostPID {
+		c.killExecsLocked()
+	}
+	if c.activeExecs > 0 {
+		c.initPending = true
+		return
+	}
+	c.publishExitLocked(p)
+}
+
+// execDoneLocked accounts for an exec that exited or failed to start, and
+// releases init's exit if it was waiting for the last one.
+func (c *Container) execDoneLocked() {
+	c.activeExecs--
+	if c.activeExecs == 0 && c.initPending {
+		c.initPending = false
+		c.publishExitLocked(c.init)
+	}
+}
+
+// killExecsLocked SIGKILLs every running exec: in the host PID namespace
+// they outlive init, and init's exit is published only after theirs.
+// Execs still inside runc exec are killed by the kernel or fail to start.
+func (c *Container) killExecsLocked() {
+	for _, p := range c.execs {
+		if p.state == stateRunning {
+			p.pidfd.signal(syscall.SIGKILL)
+		}
+	}
+}
+
+func (c *Container) publishExitLocked(p *Process) {
+	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
+	go p.finish(p.io)
+}
+
+// stateFile is a path for runckit's per-process runtime files.
+func (c *Container) stateFile(name string) string {
+	return filepath.Join(c.bundle, name)
+}
+
+// writeFileAtomic writes data to a temporary file beside path and renames
+// it into place, so that a reader never sees a partial file.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}

@@ -1,0 +1,287 @@
+package runckit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExitStatus says how a process ended.
+type ExitStatus struct {
+	// Code is the exit code, or 128+signal when the process was killed by a
+	// signal, as a shell reports it.
+	Code int
+	// Signal is the signal that killed the process, 0 if it exited.
+	Signal syscall.Signal
+	// ExitedAt is when runckit reaped the process.
+	ExitedAt time.Time
+	// Unknown is true when the process was seen to exit but its status could
+	// not be collected (it was not this program's child). Code is then 255;
+	// it is never reported as a clean exit.
+	Unknown bool
+}
+
+// Success reports whether the process exited with code 0.
+func (s ExitStatus) Success() bool { return !s.Unknown && s.Signal == 0 && s.Code == 0 }
+
+func (s ExitStatus) String() string {
+	switch {
+	case s.Unknown:
+		return "exit status unknown"
+	case s.Signal != 0:
+		return fmt.Sprintf("killed by %v", s.Signal)
+	}
+	return fmt.Sprintf("exit code %d", s.Code)
+}
+
+// ExitWatcher reports process exits. Runckit calls Watch as soon as it knows
+// the host pid of a container process; the watcher calls onExit exactly once,
+// after the process has exited, from a goroutine of its choosing. onExit must
+// not be called from inside Watch.
+//
+// The ordering rules of runckit (start before exit, execs before init) are
+// enforced above the watcher, so a custom watcher only has to be exact: never
+// lose an exit, never report one twice, never report a pid's exit for another
+// process that reused the pid.
+type ExitWatcher interface {
+	Watch(pid int, onExit func(ExitStatus)) error
+}
+
+// pidfdWatcher is the default ExitWatcher. It opens a pidfd per process and
+// waits on all of them in one epoll loop, reaping each exited process with
+// waitid(P_PIDFD). Because a zombie keeps its pid until it is reaped, and only
+// the watcher reaps, a pid can not be reused while it is watched.
+//
+// The loop goroutine and its epoll fd exist only while something is watched.
+type pidfdWatcher struct {
+	mu      sync.Mutex // guards the fields below
+	epfd    int        // -1 while the loop is not running
+	watches map[int32]*watch
+}
+
+type watch struct {
+	pid    int
+	pidfd  int
+	onExit func(ExitStatus)
+}
+
+var (
+	subreaperOnce sync.Once
+	subreaperErr  error
+
+	defaultWatcherOnce sync.Once
+	defaultWatcher     *pidfdWatcher
+)
+
+// becomeSubreaper makes this program the child subreaper, so that container
+// processes are re-parented to it when runc exits and can be reaped here.
+func becomeSubreaper() error {
+	subreaperOnce.Do(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			subreaperErr = fmt.Errorf("runckit: prctl(PR_SET_CHILD_SUBREAPER): %w", err)
+		}
+	})
+	return subreaperErr
+}
+
+// NewExitWatcher returns the pidfd-based watcher runckit uses by default. It
+// makes the program a child subreaper and never calls wait(-1), so the
+// program's own exec.Command children are unaffected. Containers share one
+// watcher unless WithExitWatcher says otherwise; a separate one is useful
+// only to isolate tests.
+func NewExitWatcher() (ExitWatcher, error) {
+	if err := becomeSubreaper(); err != nil {
+		return nil, err
+	}
+	return &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}, nil
+}
+
+func sharedExitWatcher() (ExitWatcher, error) {
+	if err := becomeSubreaper(); err != nil {
+		return nil, err
+	}
+	defaultWatcherOnce.Do(func() {
+		defaultWatcher = &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}
+	})
+	return defaultWatcher, nil
+}
+
+// Watch opens a pidfd for pid and adds it to the epoll loop, starting the
+// loop if it was idle.
+func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
+	if pid <= 0 {
+		return fmt.Errorf("runckit: watch pid %d: invalid pid", pid)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("runckit: pidfd_open(%d): %w", pid, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// The loop is started only once its first pidfd is registered, so a loop
+	// never blocks on an empty epoll set that nobody will close.
+	startLoop := false
+	if w.epfd < 0 {
+		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("runckit: epoll_create1: %w", err)
+		}
+		w.epfd = epfd
+		startLoop = true
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		if startLoop {
+			unix.Close(w.epfd)
+			w.epfd = -1
+		}
+		return fmt.Errorf("runckit: epoll_ctl add pidfd of %d: %w", pid, err)
+	}
+	w.watches[int32(fd)] = &watch{pid: pid, pidfd: fd, onExit: onExit}
+	if startLoop {
+		go w.loop(w.epfd)
+	}
+	return nil
+}
+
+func (w *pidfdWatcher) loop(epfd int) {
+	events := make([]unix.EpollEvent, 64)
+	for {
+		n, err := unix.EpollWait(epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			panic(fmt.Sprintf("runckit: epoll_wait: %v", err))
+		}
+		var exited []*watch
+		w.mu.Lock()
+		for _, ev := range events[:n] {
+			wt, ok := w.watches[ev.Fd]
+			if !ok {
+				continue
+			}
+			delete(w.watches, ev.Fd)
+			unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
+			exited = append(exited, wt)
+		}
+		// The loop owns epfd: it closes it, and ends, when nothing is left to
+		// watch. A later Watch starts a new loop.
+		idle := len(w.watches) == 0
+		if idle {
+			unix.Close(epfd)
+			w.epfd = -1
+		}
+		w.mu.Unlock()
+		// Reap and report outside the lock: onExit takes container locks.
+		for _, wt := range exited {
+			st := reapPidfd(wt.pidfd)
+			unix.Close(wt.pidfd)
+			wt.onExit(st)
+		}
+		if idle {
+			return
+		}
+	}
+}
+
+// siginfoChild is the SIGCHLD view of siginfo_t on Linux (64-bit layout):
+// after signo, errno, code and padding come si_pid, si_uid and si_status.
+type siginfoChild struct {
+	Signo  int32
+	Errno  int32
+	Code   int32
+	_      int32
+	Pid    int32
+	UID    uint32
+	Status int32
+	_      [100]byte
+}
+
+// reapPidfd collects the exit status of the process behind pidfd. A process
+// that is not our child (adopted from an earlier run) can be seen to exit but
+// not reaped; its status is reported as unknown.
+func reapPidfd(pidfd int) ExitStatus {
+	var info siginfoChild
+	for {
+		err := unix.Waitid(unix.P_PIDFD, pidfd, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		now := time.Now()
+		if err != nil {
+			return ExitStatus{Code: 255, ExitedAt: now, Unknown: true}
+		}
+		return statusFromSiginfo(info.Code, info.Status, now)
+	}
+}
+
+func statusFromSiginfo(code, status int32, at time.Time) ExitStatus {
+	switch code {
+	case cldExited:
+		return ExitStatus{Code: int(status), ExitedAt: at}
+	case cldKilled, cldDumped:
+		return ExitStatus{Code: 128 + int(status), Signal: syscall.Signal(status), ExitedAt: at}
+	}
+	return ExitStatus{Code: 255, ExitedAt: at, Unknown: true}
+}
+
+// pidfdHandle is a pidfd held by a Process for signalling: a signal sent
+// through it can only reach that process, never a later user of its pid.
+type pidfdHandle struct {
+	fd int
+}
+
+func openPidfd(pid int) (*pidfdHandle, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("runckit: pidfd_open(%d): %w", pid, os.NewSyscallError("pidfd_open", err))
+	}
+	return &pidfdHandle{fd: fd}, nil
+}
+
+func (h *pidfdHandle) signal(sig syscall.Signal) error {
+	return unix.PidfdSendSignal(h.fd, sig, nil, 0)
+}
+
+func (h *pidfdHandle) close() {
+	if h != nil && h.fd >= 0 {
+		unix.Close(h.fd)
+		h.fd = -1
+	}
+}
+
+// reapPid waits for our child pid by pid. It is the fallback for when no
+// pidfd could be had; the pid is safe to use because the child is unreaped.
+func reapPid(pid int) ExitStatus {
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		now := time.Now()
+		switch {
+		case err != nil:
+			return ExitStatus{Code: 255, ExitedAt: now, Unknown: true}
+		case ws.Signaled():
+			return ExitStatus{Code: 128 + int(ws.Signal()), Signal: ws.Signal(), ExitedAt: now}
+		}
+		return ExitStatus{Code: ws.ExitStatus(), ExitedAt: now}
+	}
+}
+
+// si_code values for SIGCHLD (include/uapi/asm-generic/siginfo.h).
+const (
+	cldExited = 1
+	cldKilled = 2
+	cldDumped = 3
+)

@@ -1,0 +1,370 @@
+package runckit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// processState is where a process is in its life. Transitions:
+//
+//	created --Start--> starting --runc ok--> running --reaped--> exited --Delete--> deleted
+//	                   starting --runc failed--> created (an exec may be started again)
+//	created --reaped (init killed before start)--> exited
+type processState int
+
+const (
+	stateCreated  processState = iota // init made by runc create, or an exec reserved by Exec
+	stateStarting                     // runc start or runc exec is running
+	stateRunning                      // the process runs; its exit is watched
+	stateExited                       // reaped; status is final
+	stateDeleted                      // removed from its container
+)
+
+func (s processState) String() string {
+	switch s {
+	case stateCreated:
+		return "created"
+	case stateStarting:
+		return "starting"
+	case stateRunning:
+		return "running"
+	case stateExited:
+		return "exited"
+	case stateDeleted:
+		return "deleted"
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Status is a process's or container's state as callers see it.
+type Status string
+
+// The statuses a process or container can report.
+const (
+	StatusCreated Status = "created"
+	StatusRunning Status = "running"
+	StatusPaused  Status = "paused"
+	StatusStopped Status = "stopped"
+	StatusDeleted Status = "deleted"
+)
+
+// Process is a container's init process or one of its exec processes.
+// Its methods are safe for concurrent use.
+type Process struct {
+	c    *Container
+	id   string         // "" for init
+	spec *specs.Process // exec only
+	// stdio is the caller's streams; io is built from it at each start.
+	stdio Stdio
+
+	// Guarded by c.mu. The container's lock guards its processes because
+	// every ordering decision (exec exits before init's) spans both.
+	state    processState
+	pid      int
+	pidfd    *pidfdHandle // for signals; closed when the exit is handled
+	io       *processIO
+	status   ExitStatus
+	heldExit *ExitStatus // init's exit seen while runc start ran: published after the start event
+
+	// done is closed once the exit event is published and output drained;
+	// status and waitErr are final then.
+	done    chan struct{}
+	waitErr error
+}
+
+func newProcess(c *Container, id string, spec *specs.Process, stdio Stdio) *Process {
+	return &Process{c: c, id: id, spec: spec, stdio: stdio, done: make(chan struct{})}
+}
+
+// ID is the exec ID, or "" for the init process.
+func (p *Process) ID() string { return p.id }
+
+// Pid is the process's host pid, 0 before it has started.
+func (p *Process) Pid() int {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	return p.pid
+}
+
+// Status reports the process's state.
+func (p *Process) Status() Status {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	switch p.state {
+	case stateCreated, stateStarting:
+		return StatusCreated
+	case stateRunning:
+		if p.c.paused {
+			return StatusPaused
+		}
+		return StatusRunning
+	case stateExited:
+		return StatusStopped
+	}
+	return StatusDeleted
+}
+
+func (p *Process) name() string {
+	if p.id == "" {
+		return fmt.Sprintf("container %q init", p.c.id)
+	}
+	return fmt.Sprintf("container %q exec %q", p.c.id, p.id)
+}
+
+// Start runs the process. For init it is Container.Start; for an exec it
+// runs runc exec. The exec's start event is published before its exit event,
+// however quickly it exits.
+func (p *Process) Start(ctx context.Context) error {
+	if p.id == "" {
+		return p.c.Start(ctx)
+	}
+	return p.c.startExec(ctx, p)
+}
+
+// Wait waits for the process to exit and its output to be copied, and
+// returns its exit status. For init, that is after every exec's exit. If the
+// output is still held open when the drain timeout expires, Wait returns the
+// status with ErrDrainTimeout.
+func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
+	select {
+	case <-p.done:
+		return p.status, p.waitErr
+	case <-ctx.Done():
+		return ExitStatus{}, fmt.Errorf("runckit: wait for %s: %w", p.name(), ctx.Err())
+	}
+}
+
+// Kill sends sig to the process. An exec is signalled through its pidfd, so
+// the signal can never reach a process that reused its pid.
+func (p *Process) Kill(ctx context.Context, sig syscall.Signal) error {
+	if p.id == "" {
+		return p.c.Kill(ctx, sig)
+	}
+	if err := validateSignal(sig); err != nil {
+		return err
+	}
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	if p.c.deleted {
+		return errDeleted(p.c.id)
+	}
+	if p.state != stateRunning {
+		return fmt.Errorf("runckit: kill %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
+	}
+	// Under the lock, so the pidfd can not be closed and its number reused
+	// by the exit handler meanwhile. pidfd_send_signal does not block.
+	if err := p.pidfd.signal(sig); err != nil {
+		if err == syscall.ESRCH {
+			return nil // exited, not yet reaped: the signal is moot
+		}
+		return fmt.Errorf("runckit: kill %s with %v: %w", p.name(), sig, err)
+	}
+	return nil
+}
+
+// CloseStdin closes the process's stdin, so a reader in it sees EOF.
+func (p *Process) CloseStdin() error {
+	p.c.mu.Lock()
+	pio := p.io
+	p.c.mu.Unlock()
+	if pio == nil {
+		return fmt.Errorf("runckit: close stdin of %s: not started: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
+	pio.closeStdin()
+	return nil
+}
+
+// Resize sets the size of the process's terminal.
+func (p *Process) Resize(width, height uint16) error {
+	p.c.mu.Lock()
+	pio := p.io
+	p.c.mu.Unlock()
+	if pio == nil {
+		return fmt.Errorf("runckit: resize %s: not started: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
+	return pio.resize(width, height)
+}
+
+// Delete removes an exited exec from its container, freeing its ID. For
+// init it is Container.Delete.
+func (p *Process) Delete(ctx context.Context) error {
+	if p.id == "" {
+		return p.c.Delete(ctx)
+	}
+	c := p.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted {
+		return errDeleted(c.id)
+	}
+	switch p.state {
+	case stateStarting, stateRunning:
+		return fmt.Errorf("runckit: delete %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
+	case stateDeleted:
+		return fmt.Errorf("runckit: delete %s: already deleted: %w", p.name(), errdefs.ErrNotFound)
+	}
+	if p.state == stateExited {
+		// The exit is published, but Wait may still be draining output.
+		select {
+		case <-p.done:
+		default:
+			return fmt.Errorf("runckit: delete %s: output still draining: %w", p.name(), errdefs.ErrFailedPrecondition)
+		}
+	}
+	p.state = stateDeleted
+	delete(c.execs, p.id)
+	return nil
+}
+
+// onExit is the ExitWatcher callback for the process.
+func (p *Process) onExit(st ExitStatus) {
+	c := p.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.state == stateStarting {
+		// runc start has not returned: the start event is not out yet.
+		p.heldExit = &st
+		return
+	}
+	c.handleExitLocked(p, st)
+}
+
+// finish waits for the process's output, then releases Wait. It runs in its
+// own goroutine once the exit event has been published.
+func (p *Process) finish(pio *processIO) {
+	var err error
+	if pio != nil {
+		err = pio.wait(p.c.cfg.drainTimeout)
+	}
+	p.waitErr = err
+	close(p.done)
+}
+
+// startExec runs runc exec for p. The container lock is held only to check
+// and record state, never across runc.
+func (c *Container) startExec(ctx context.Context, p *Process) error {
+	c.mu.Lock()
+	if err := c.checkExecStartLocked(p); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	p.state = stateStarting
+	c.activeExecs++
+	c.mu.Unlock()
+
+	pid, pio, err := c.runExec(ctx, p)
+	if err != nil {
+		c.mu.Lock()
+		p.state = stateCreated
+		c.execDoneLocked()
+		if c.initExited {
+			err = fmt.Errorf("runckit: start %s: init exited meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
+		}
+		c.mu.Unlock()
+		return err
+	}
+	pidfd, perr := openPidfd(pid)
+
+	c.mu.Lock()
+	p.pid, p.pidfd, p.io = pid, pidfd, pio
+	p.state = stateRunning
+	c.publishLocked(Event{Kind: EventExecStarted, ExecID: p.id, Pid: pid})
+	c.mu.Unlock()
+
+	if perr != nil {
+		// Can not happen short of fd exhaustion: the process is our unreaped
+		// child. Reap it here so that its exit is still accounted for.
+		p.onExit(reapPid(pid))
+		return fmt.Errorf("runckit: start %s: %w", p.name(), perr)
+	}
+	if err := c.watcher.Watch(pid, p.onExit); err != nil {
+		pidfd.signal(syscall.SIGKILL)
+		p.onExit(reapPid(pid))
+		return fmt.Errorf("runckit: start %s: watch exit: %w", p.name(), err)
+	}
+	return nil
+}
+
+func (c *Container) checkExecStartLocked(p *Process) error {
+	if c.deleted {
+		return errDeleted(c.id)
+	}
+	if p.state != stateCreated {
+		return fmt.Errorf("runckit: start %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
+	}
+	if c.initExited || c.init.state != stateRunning {
+		return fmt.Errorf("runckit: start %s: container init is %s: %w", p.name(), c.init.state, errdefs.ErrFailedPrecondition)
+	}
+	if c.paused {
+		return fmt.Errorf("runckit: start %s: container is paused: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// runExec invokes runc exec --detach and returns the new process's pid with
+// its IO started.
+func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, error) {
+	pio, err := newProcessIO(p.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
+	if err != nil {
+		return 0, nil, err
+	}
+	pidFile := c.stateFile("exec-" + p.id + ".pid")
+	logFile := c.stateFile("exec-" + p.id + ".log.json")
+	defer os.Remove(pidFile)
+	defer os.Remove(logFile)
+	spec := *p.spec
+	spec.Terminal = p.stdio.Terminal
+	err = c.runtime.Exec(ctx, c.id, spec, &runc.ExecOpts{
+		IO:            pio.runcIO(),
+		PidFile:       pidFile,
+		LogFile:       logFile,
+		ConsoleSocket: pio.consoleSocket(),
+		Detach:        true,
+	})
+	if err != nil {
+		pio.abort()
+		return 0, nil, newRuntimeError("exec", c.id, p.id, logFile, err)
+	}
+	pid, err := readPidFile(pidFile)
+	if err == nil {
+		err = pio.started(ctx)
+	}
+	if err != nil {
+		// runc started something we can not track: kill it by pid, which is
+		// safe because the process is our unreaped child, then reap it.
+		if pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+			reapPid(pid)
+		}
+		pio.abort()
+		return 0, nil, fmt.Errorf("runckit: start %s: %w", p.name(), err)
+	}
+	return pid, pio, nil
+}
+
+func readPidFile(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s holds %q, not a pid", path, data)
+	}
+	return pid, nil
+}
+
+func validateSignal(sig syscall.Signal) error {
+	if sig <= 0 || sig > 64 {
+		return fmt.Errorf("runckit: signal %d out of range 1..64: %w", int(sig), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
