@@ -35,7 +35,10 @@ func (s ExitStatus) String() string {
 	case s.Unknown:
 		return "exit status unknown"
 	case s.Signal != 0:
-		return fmt.Sprintf("killed by %v", s.Signal)
+		if name := unix.SignalName(s.Signal); name != "" {
+			return "killed by " + name
+		}
+		return fmt.Sprintf("killed by signal %d", int(s.Signal))
 	}
 	return fmt.Sprintf("exit code %d", s.Code)
 }

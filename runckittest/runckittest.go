@@ -65,11 +65,17 @@ func isStaticBusybox(path string) error {
 // built on first use. Containers mount it read-only; Cleanup removes it.
 func Rootfs(t testing.TB) string {
 	t.Helper()
-	rootfsOnce.Do(func() { rootfsDir, rootfsErr = buildRootfs() })
-	if rootfsErr != nil {
-		t.Fatalf("build busybox rootfs: %v", rootfsErr)
+	dir, err := SharedRootfs()
+	if err != nil {
+		t.Fatalf("build busybox rootfs: %v", err)
 	}
-	return rootfsDir
+	return dir
+}
+
+// SharedRootfs is Rootfs for programs that are not tests.
+func SharedRootfs() (string, error) {
+	rootfsOnce.Do(func() { rootfsDir, rootfsErr = buildRootfs() })
+	return rootfsDir, rootfsErr
 }
 
 // Cleanup removes the shared rootfs. Call it from TestMain after m.Run.
@@ -141,7 +147,12 @@ var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_F
 // namespaces: what `runc spec` gives, minus the parts busybox does not need.
 func Spec(t testing.TB, args ...string) *specs.Spec {
 	t.Helper()
-	root := Rootfs(t)
+	return NewSpec(Rootfs(t), args...)
+}
+
+// NewSpec is Spec for programs that are not tests: it runs args in rootfs.
+func NewSpec(rootfs string, args ...string) *specs.Spec {
+	root := rootfs
 	return &specs.Spec{
 		Version:  specs.Version,
 		Process:  ProcessSpec(args...),
@@ -171,14 +182,22 @@ func Spec(t testing.TB, args ...string) *specs.Spec {
 func Bundle(t testing.TB, spec *specs.Spec) string {
 	t.Helper()
 	dir := t.TempDir()
-	data, err := json.Marshal(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+	if err := WriteBundle(dir, spec); err != nil {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// WriteBundle writes spec as dir/config.json, making dir if needed.
+func WriteBundle(dir string, spec *specs.Spec) error {
+	data, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600)
 }
 
 // RuntimeRoot returns a private runc state root for the test, and checks
