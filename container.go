@@ -142,6 +142,8 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 	c.hostPID = sharesHostPID(spec)
 
 	c.init = newProcess(c, "", nil, cfg.stdio)
+	release := holdReaping(watcher) // until init's pid is watched
+	defer release()
 	pid, pio, err := c.runCreate(ctx)
 	if err != nil {
 		return nil, err

@@ -165,16 +165,25 @@ func (w *pidfdWatcher) loop(epfd int) {
 			}
 			panic(fmt.Sprintf("runckit: epoll_wait: %v", err))
 		}
+		// Reap before forgetting: a reaping watcher must see a pid as
+		// watched until it has been reaped here.
 		var exited []*watch
 		w.mu.Lock()
 		for _, ev := range events[:n] {
-			wt, ok := w.watches[ev.Fd]
-			if !ok {
-				continue
+			if wt, ok := w.watches[ev.Fd]; ok {
+				exited = append(exited, wt)
 			}
-			delete(w.watches, ev.Fd)
+		}
+		w.mu.Unlock()
+		statuses := make([]ExitStatus, len(exited))
+		for i, wt := range exited {
+			statuses[i] = reapPidfd(wt.pidfd)
+		}
+		w.mu.Lock()
+		for _, wt := range exited {
+			delete(w.watches, int32(wt.pidfd))
 			unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
-			exited = append(exited, wt)
+			unix.Close(wt.pidfd)
 		}
 		// The loop owns epfd: it closes it, and ends, when nothing is left to
 		// watch. A later Watch starts a new loop.
@@ -184,11 +193,9 @@ func (w *pidfdWatcher) loop(epfd int) {
 			w.epfd = -1
 		}
 		w.mu.Unlock()
-		// Reap and report outside the lock: onExit takes container locks.
-		for _, wt := range exited {
-			st := reapPidfd(wt.pidfd)
-			unix.Close(wt.pidfd)
-			wt.onExit(st)
+		// Report outside the lock: onExit takes container locks.
+		for i, wt := range exited {
+			wt.onExit(statuses[i])
 		}
 		if idle {
 			return

@@ -260,6 +260,8 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.activeExecs++
 	c.mu.Unlock()
 
+	release := holdReaping(c.watcher) // until the exec's pid is watched
+	defer release()
 	pid, pio, err := c.runExec(ctx, p)
 	if err != nil {
 		c.mu.Lock()

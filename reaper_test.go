@@ -1,0 +1,99 @@
+package runckit_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runckit/runckit"
+	"github.com/runckit/runckit/runckittest"
+)
+
+// The reaping watcher changes process-wide state (SIGCHLD handling, the
+// go-runc monitor), so its test runs in a child process of its own: a
+// dedicated "shim".
+func TestReapingWatcherReapsOrphansButNoWatchedExit(t *testing.T) {
+	if os.Getenv("RUNCKIT_SHIM_CHILD") == "1" {
+		shimChild(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestReapingWatcherReapsOrphansButNoWatchedExit$", "-test.v")
+	cmd.Env = append(os.Environ(), "RUNCKIT_SHIM_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SHIM OK") {
+		t.Fatalf("shim child: %v\n%s", err, out)
+	}
+}
+
+func shimChild(t *testing.T) {
+	ctx := runckittest.Context(t, 2*time.Minute)
+	w, err := runckit.NewReapingExitWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t)
+	// The host PID namespace: orphans of the execs are re-parented to us.
+	spec := runckittest.Spec(t, "sleep", "100000")
+	var ns []specs.LinuxNamespace
+	for _, n := range spec.Linux.Namespaces {
+		if n.Type != specs.PIDNamespace {
+			ns = append(ns, n)
+		}
+	}
+	spec.Linux.Namespaces = ns
+	c := e.create(ctx, spec, runckit.WithExitWatcher(w))
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			args := []string{"sh", "-c", "sleep 0.1 & exit 4"} // leaves an orphan
+			if i%2 == 1 {
+				args = []string{"sh", "-c", "exit 4"}
+			}
+			p, err := c.Exec(ctx, fmt.Sprintf("e%d", i), runckittest.ProcessSpec(args...), runckit.Stdio{})
+			if err == nil {
+				err = p.Start(ctx)
+			}
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if st, err := p.Wait(ctx); err != nil || st.Code != 4 || st.Unknown {
+				t.Errorf("exec %d = %v, %v; want exit code 4, collected by runckit", i, st, err)
+			}
+		}()
+	}
+	wg.Wait()
+	// The orphaned sleeps end after 0.1 s; the reaper must collect them.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(zombieChildren()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if z := zombieChildren(); len(z) > 0 {
+		t.Errorf("zombies left with the reaping watcher: %v", z)
+	}
+	if err := c.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkOrder(t, e.rec.Events())
+	if !t.Failed() {
+		fmt.Println("SHIM OK")
+	}
+}
