@@ -371,7 +371,7 @@ func (c *Container) Start(ctx context.Context) error {
 	defer c.mu.Unlock()
 	if err != nil {
 		c.init.state = stateCreated
-		err = newRuntimeError("start", c.id, "", c.runtime.Log, err)
+		err = newRuntimeError("start", c.id, "", "", err)
 	} else {
 		c.init.state = stateRunning
 		c.publishLocked(Event{Kind: EventStart, Pid: c.init.pid})

@@ -134,6 +134,14 @@ func (p *Process) Start(ctx context.Context) error {
 // output is still held open when the drain timeout expires, Wait returns the
 // status with ErrDrainTimeout.
 func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
+	if p.id != "" {
+		p.c.mu.Lock()
+		state := p.state
+		p.c.mu.Unlock()
+		if state == stateCreated {
+			return ExitStatus{}, fmt.Errorf("runckit: wait for %s: not started: %w", p.name(), errdefs.ErrFailedPrecondition)
+		}
+	}
 	select {
 	case <-p.done:
 		return p.status, p.waitErr
@@ -279,6 +287,11 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	p.pid, p.pidfd, p.io = pid, pidfd, pio
 	p.state = stateRunning
 	c.publishLocked(Event{Kind: EventExecStarted, ExecID: p.id, Pid: pid})
+	if c.initExited && c.hostPID && pidfd != nil {
+		// Init died while runc exec ran, and in the host PID namespace
+		// nothing else will end this process: init's exit waits for it.
+		pidfd.signal(syscall.SIGKILL)
+	}
 	c.mu.Unlock()
 
 	if perr != nil {
@@ -298,6 +311,9 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 func (c *Container) checkExecStartLocked(p *Process) error {
 	if c.deleted {
 		return errDeleted(c.id)
+	}
+	if c.deleting {
+		return fmt.Errorf("runckit: start %s: container is being deleted: %w", p.name(), errdefs.ErrFailedPrecondition)
 	}
 	if p.state != stateCreated {
 		return fmt.Errorf("runckit: start %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
