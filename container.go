@@ -297,6 +297,7 @@ func (c *Container) runCreate(ctx context.Context) (int, *processIO, error) {
 	}
 	os.Remove(c.runtime.Log) // the log must hold this create's messages only
 	pidFile := filepath.Join(c.bundle, initPidFile)
+	os.Remove(pidFile) // a stale pid must never be taken for this init's
 	err = c.runtime.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
 		IO:            pio.runcIO(),
 		PidFile:       pidFile,
@@ -306,8 +307,9 @@ func (c *Container) runCreate(ctx context.Context) (int, *processIO, error) {
 	})
 	if err != nil {
 		pio.abort()
-		rerr := newRuntimeError("create", c.id, "", c.runtime.Log, err)
+		rerr := newRuntimeError(ctx, "create", c.id, "", c.runtime.Log, err)
 		c.forceDelete() // runc may leave a half-made container behind
+		reapStray(pidFile, false)
 		return 0, nil, rerr
 	}
 	pid, err := readPidFile(pidFile)
@@ -371,7 +373,7 @@ func (c *Container) Start(ctx context.Context) error {
 	defer c.mu.Unlock()
 	if err != nil {
 		c.init.state = stateCreated
-		err = newRuntimeError("start", c.id, "", "", err)
+		err = newRuntimeError(ctx, "start", c.id, "", "", err)
 	} else {
 		c.init.state = stateRunning
 		c.publishLocked(Event{Kind: EventStart, Pid: c.init.pid})
@@ -463,7 +465,7 @@ func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOp
 		return errDeleted(c.id)
 	}
 	if err := c.runtime.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: kc.all}); err != nil {
-		return newRuntimeError("kill", c.id, "", "", err)
+		return newRuntimeError(ctx, "kill", c.id, "", "", err)
 	}
 	return nil
 }
@@ -525,7 +527,7 @@ func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 
 	err := c.runtime.Delete(ctx, c.id, &runc.DeleteOpts{Force: dc.force || c.init.Status() == StatusCreated})
 	if err != nil {
-		rerr := newRuntimeError("delete", c.id, "", "", err)
+		rerr := newRuntimeError(ctx, "delete", c.id, "", "", err)
 		if !errdefs.IsNotFound(rerr) {
 			c.mu.Lock()
 			c.deleting = false

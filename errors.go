@@ -93,10 +93,19 @@ func (e *runtimeError) Unwrap() []error {
 
 // newRuntimeError builds a runtimeError, reading runc's message from logPath
 // (a JSON log written with --log-format json) when go-runc's error lacks it.
-func newRuntimeError(step, containerID, execID, logPath string, err error) error {
+// When ctx is done, runc was killed for it: the context's error is the
+// kind, and the message says so.
+func newRuntimeError(ctx context.Context, step, containerID, execID, logPath string, err error) error {
 	msg := lastRuntimeLogError(logPath)
 	if msg == "" && err != nil {
 		msg = runcOutputMessage(err.Error())
+	}
+	kind := classifyRuntimeMessage(msg + " " + errString(err))
+	if cerr := ctx.Err(); cerr != nil {
+		kind = cerr
+		if msg == "" {
+			msg = "runc killed: " + cerr.Error()
+		}
 	}
 	return &runtimeError{
 		Step:        step,
@@ -104,7 +113,7 @@ func newRuntimeError(step, containerID, execID, logPath string, err error) error
 		ExecID:      execID,
 		Message:     msg,
 		Err:         err,
-		kind:        classifyRuntimeMessage(msg + " " + errString(err)),
+		kind:        kind,
 	}
 }
 

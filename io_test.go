@@ -164,4 +164,3 @@ func TestFIFOStdinWithoutWriter(t *testing.T) {
 		t.Fatalf("Wait = %v, %v", st, err)
 	}
 }
-

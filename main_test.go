@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/runckit/runckit/internal/faultrunc"
 	"github.com/runckit/runckit/runckittest"
 )
 
@@ -21,6 +22,7 @@ func TestMain(m *testing.M) {
 	fdsBefore := openFDs()
 	code := m.Run()
 	runckittest.Cleanup()
+	faultrunc.Cleanup()
 	// A shim child keeps its reaper for life, as a dedicated program does.
 	if code == 0 && os.Getenv("RUNCKIT_SHIM_CHILD") == "" {
 		if err := goleak.Find(); err != nil {

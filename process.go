@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
@@ -336,6 +337,7 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 	}
 	pidFile := c.stateFile("exec-" + p.id + ".pid")
 	logFile := c.stateFile("exec-" + p.id + ".log.json")
+	os.Remove(pidFile) // a stale pid must never be taken for this exec's
 	defer os.Remove(pidFile)
 	defer os.Remove(logFile)
 	spec := *p.spec
@@ -349,7 +351,11 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 	})
 	if err != nil {
 		pio.abort()
-		return 0, nil, newRuntimeError("exec", c.id, p.id, logFile, err)
+		rerr := newRuntimeError(ctx, "exec", c.id, p.id, logFile, err)
+		// runc may have started the process before it failed (or was
+		// killed): end it, or it would run untracked.
+		reapStray(pidFile, true)
+		return 0, nil, rerr
 	}
 	pid, err := readPidFile(pidFile)
 	if err == nil {
@@ -385,4 +391,28 @@ func validateSignal(sig syscall.Signal) error {
 		return fmt.Errorf("runckit: signal %d out of range 1..64: %w", int(sig), errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// reapStray ends a process that runc started but runckit will not track,
+// named by a pid file runc wrote during a failed invocation. Such a process
+// is an unreaped child of ours (runc has exited), so its pid is still its
+// own: it is killed if kill is set, then reaped. A pid that is not our
+// child is left alone.
+func reapStray(pidFile string, kill bool) {
+	pid, err := readPidFile(pidFile)
+	if err != nil {
+		return
+	}
+	if kill {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ws syscall.WaitStatus
+		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		if got == pid || (err != nil && err != syscall.EINTR) || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
