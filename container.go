@@ -2,7 +2,6 @@ package runckit
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -170,122 +169,6 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 		return nil, fmt.Errorf("runckit: create container %q: watch init: %w", id, err)
 	}
 	return c, nil
-}
-
-// checkBundle resolves the bundle path and checks that it is a directory
-// with a config.json (unless one is about to be written).
-func checkBundle(dir string, needConfig bool) (string, error) {
-	if dir == "" {
-		return "", fmt.Errorf("runckit: bundle path is empty: %w", errdefs.ErrInvalidArgument)
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", fmt.Errorf("runckit: bundle %q: %v: %w", dir, err, errdefs.ErrInvalidArgument)
-	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		return "", fmt.Errorf("runckit: bundle %s: %v: %w", abs, err, errdefs.ErrInvalidArgument)
-	}
-	if !fi.IsDir() {
-		return "", fmt.Errorf("runckit: bundle %s is not a directory: %w", abs, errdefs.ErrInvalidArgument)
-	}
-	if needConfig {
-		cfgPath := filepath.Join(abs, "config.json")
-		if _, err := os.Stat(cfgPath); err != nil {
-			return "", fmt.Errorf("runckit: bundle config %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
-		}
-	}
-	return abs, nil
-}
-
-// prepareBundle writes config.json when a spec was given, mounts the rootfs
-// mounts and writes the runtime options, recording how to undo each step.
-// It returns the spec the container will run.
-func (c *Container) prepareBundle() (*specs.Spec, error) {
-	cfgPath := filepath.Join(c.bundle, "config.json")
-	if c.cfg.spec != nil {
-		data, err := json.Marshal(c.cfg.spec)
-		if err != nil {
-			return nil, fmt.Errorf("runckit: encode spec: %v: %w", err, errdefs.ErrInvalidArgument)
-		}
-		old, readErr := os.ReadFile(cfgPath)
-		if err := writeFileAtomic(cfgPath, data, 0o600); err != nil {
-			return nil, fmt.Errorf("runckit: write %s: %w", cfgPath, err)
-		}
-		c.undo = append(c.undo, func() {
-			if readErr == nil {
-				writeFileAtomic(cfgPath, old, 0o600)
-			} else {
-				os.Remove(cfgPath)
-			}
-		})
-	}
-	data, err := os.ReadFile(cfgPath)
-	if err != nil {
-		return nil, fmt.Errorf("runckit: read %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(data, &spec); err != nil {
-		return nil, fmt.Errorf("runckit: parse %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
-	}
-	if spec.Process == nil || len(spec.Process.Args) == 0 {
-		return nil, fmt.Errorf("runckit: %s: process.args is empty: %w", cfgPath, errdefs.ErrInvalidArgument)
-	}
-	if spec.Process.Terminal != c.cfg.stdio.Terminal {
-		return nil, fmt.Errorf("runckit: %s: process.terminal is %v but Stdio.Terminal is %v: %w",
-			cfgPath, spec.Process.Terminal, c.cfg.stdio.Terminal, errdefs.ErrInvalidArgument)
-	}
-	for _, m := range c.cfg.mounts {
-		target, err := mountRootfs(c.bundle, m)
-		if err != nil {
-			return nil, err
-		}
-		c.undo = append(c.undo, func() { unmount(target) })
-	}
-	opts, err := json.Marshal(c.cfg.runtimeOpts)
-	if err != nil {
-		return nil, err
-	}
-	optsPath := filepath.Join(c.bundle, optionsFile)
-	if err := writeFileAtomic(optsPath, opts, 0o600); err != nil {
-		return nil, fmt.Errorf("runckit: write %s: %w", optsPath, err)
-	}
-	c.undo = append(c.undo, func() {
-		os.Remove(optsPath)
-		os.Remove(filepath.Join(c.bundle, initPidFile))
-		os.Remove(filepath.Join(c.bundle, createLog))
-	})
-	return &spec, nil
-}
-
-// runUndo reverses prepareBundle, last step first.
-func (c *Container) runUndo() {
-	for i := len(c.undo) - 1; i >= 0; i-- {
-		c.undo[i]()
-	}
-	c.undo = nil
-}
-
-// sharesHostPID reports whether the spec leaves the process in the host's
-// PID namespace.
-func sharesHostPID(spec *specs.Spec) bool {
-	if spec.Linux == nil {
-		return true
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.PIDNamespace {
-			return ns.Path != "" && isHostPIDNamespace(ns.Path)
-		}
-	}
-	return true
-}
-
-func isHostPIDNamespace(path string) bool {
-	var a, b syscall.Stat_t
-	if syscall.Stat(path, &a) != nil || syscall.Stat("/proc/self/ns/pid", &b) != nil {
-		return false
-	}
-	return a.Ino == b.Ino && a.Dev == b.Dev
 }
 
 // runCreate runs runc create --detach and returns init's pid with its IO
@@ -570,82 +453,7 @@ func (c *Container) Flush(ctx context.Context) error {
 	return c.events.flush(ctx)
 }
 
-// handleExitLocked records p's exit and publishes it in causal order: an
-// exec's exit at once; init's only once no exec is starting or running.
-func (c *Container) handleExitLocked(p *Process, st ExitStatus) {
-	p.state = stateExited
-	p.status = st
-	p.pidfd.close()
-	if p != c.init {
-		c.publishExitLocked(p)
-		c.execDoneLocked()
-		return
-	}
-	c.initExited = true
-	if c.hostPID {
-		c.killExecsLocked()
-	}
-	if c.activeExecs > 0 {
-		c.initPending = true
-		return
-	}
-	c.publishExitLocked(p)
-}
-
-// execDoneLocked accounts for an exec that exited or failed to start, and
-// releases init's exit if it was waiting for the last one.
-func (c *Container) execDoneLocked() {
-	c.activeExecs--
-	if c.activeExecs == 0 && c.initPending {
-		c.initPending = false
-		c.publishExitLocked(c.init)
-	}
-}
-
-// killExecsLocked SIGKILLs every running exec: in the host PID namespace
-// they outlive init, and init's exit is published only after theirs.
-// Execs still inside runc exec are killed by the kernel or fail to start.
-func (c *Container) killExecsLocked() {
-	for _, p := range c.execs {
-		if p.state == stateRunning {
-			p.pidfd.signal(syscall.SIGKILL)
-		}
-	}
-}
-
-func (c *Container) publishExitLocked(p *Process) {
-	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
-	go p.finish(p.io)
-}
-
 // stateFile is a path for runckit's per-process runtime files.
 func (c *Container) stateFile(name string) string {
 	return filepath.Join(c.bundle, name)
-}
-
-// writeFileAtomic writes data to a temporary file beside path and renames
-// it into place, so that a reader never sees a partial file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }

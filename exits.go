@@ -203,6 +203,56 @@ func (w *pidfdWatcher) loop(epfd int) {
 	}
 }
 
+// The causality rules: how an observed exit becomes an exit event.
+
+// handleExitLocked records p's exit and publishes it in causal order: an
+// exec's exit at once; init's only once no exec is starting or running.
+func (c *Container) handleExitLocked(p *Process, st ExitStatus) {
+	p.state = stateExited
+	p.status = st
+	p.pidfd.close()
+	if p != c.init {
+		c.publishExitLocked(p)
+		c.execDoneLocked()
+		return
+	}
+	c.initExited = true
+	if c.hostPID {
+		c.killExecsLocked()
+	}
+	if c.activeExecs > 0 {
+		c.initPending = true
+		return
+	}
+	c.publishExitLocked(p)
+}
+
+// execDoneLocked accounts for an exec that exited or failed to start, and
+// releases init's exit if it was waiting for the last one.
+func (c *Container) execDoneLocked() {
+	c.activeExecs--
+	if c.activeExecs == 0 && c.initPending {
+		c.initPending = false
+		c.publishExitLocked(c.init)
+	}
+}
+
+// killExecsLocked SIGKILLs every running exec: in the host PID namespace
+// they outlive init, and init's exit is published only after theirs.
+// Execs still inside runc exec are killed by the kernel or fail to start.
+func (c *Container) killExecsLocked() {
+	for _, p := range c.execs {
+		if p.state == stateRunning {
+			p.pidfd.signal(syscall.SIGKILL)
+		}
+	}
+}
+
+func (c *Container) publishExitLocked(p *Process) {
+	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
+	go p.finish(p.io)
+}
+
 // siginfoChild is the SIGCHLD view of siginfo_t on Linux (64-bit layout):
 // after signo, errno, code and padding come si_pid, si_uid and si_status.
 type siginfoChild struct {
