@@ -34,6 +34,7 @@ type Container struct {
 	// hostPID is true when the container shares the host PID namespace, so
 	// that init's exit does not end the other processes (DESIGN.md rule 7).
 	hostPID bool
+	stopSignal syscall.Signal // what Stop sends first
 	// undo reverses what NewContainer did outside runc (mounts, files).
 	undo []func()
 
@@ -46,7 +47,7 @@ type Container struct {
 	activeExecs int  // execs starting or running: init's exit waits for them
 	initExited  bool // init has been reaped (its event may be deferred)
 	initPending bool // init's exit is held back until activeExecs reaches 0
-	paused      bool
+	freeze      freezeState
 	deleting    bool
 	deleted     bool
 }
@@ -139,6 +140,9 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 		return nil, err
 	}
 	c.hostPID = sharesHostPID(spec)
+	if c.stopSignal, err = parseStopSignal(spec); err != nil {
+		return nil, err
+	}
 
 	c.init = newProcess(c, "", nil, cfg.stdio)
 	release := holdReaping(watcher) // until init's pid is watched
@@ -291,6 +295,9 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	}
 	if c.initExited {
 		return nil, fmt.Errorf("runckit: exec %q in container %q: init has exited: %w", execID, c.id, errdefs.ErrFailedPrecondition)
+	}
+	if c.freeze != thawed {
+		return nil, fmt.Errorf("runckit: exec %q in container %q: container is %s: %w", execID, c.id, c.freeze, errdefs.ErrFailedPrecondition)
 	}
 	if _, ok := c.execs[execID]; ok {
 		return nil, fmt.Errorf("runckit: exec %q in container %q already exists: %w", execID, c.id, errdefs.ErrAlreadyExists)

@@ -103,7 +103,7 @@ func (p *Process) Status() Status {
 	case stateCreated, stateStarting:
 		return StatusCreated
 	case stateRunning:
-		if p.c.paused {
+		if p.c.freeze == frozen || p.c.freeze == thawing {
 			return StatusPaused
 		}
 		return StatusRunning
@@ -322,8 +322,8 @@ func (c *Container) checkExecStartLocked(p *Process) error {
 	if c.initExited || c.init.state != stateRunning {
 		return fmt.Errorf("runckit: start %s: container init is %s: %w", p.name(), c.init.state, errdefs.ErrFailedPrecondition)
 	}
-	if c.paused {
-		return fmt.Errorf("runckit: start %s: container is paused: %w", p.name(), errdefs.ErrFailedPrecondition)
+	if c.freeze != thawed {
+		return fmt.Errorf("runckit: start %s: container is %s: %w", p.name(), c.freeze, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
