@@ -33,7 +33,7 @@ type Container struct {
 	events  *eventQueue
 	// hostPID is true when the container shares the host PID namespace, so
 	// that init's exit does not end the other processes (DESIGN.md rule 7).
-	hostPID bool
+	hostPID    bool
 	stopSignal syscall.Signal // what Stop sends first
 	// undo reverses what NewContainer did outside runc (mounts, files).
 	undo []func()

@@ -218,4 +218,3 @@ func parseStopSignal(spec *specs.Spec) (syscall.Signal, error) {
 	}
 	return 0, fmt.Errorf("runckit: stop signal annotation %q is not a signal: %w", v, errdefs.ErrInvalidArgument)
 }
-
