@@ -48,6 +48,7 @@ type Container struct {
 	initExited  bool // init has been reaped (its event may be deferred)
 	initPending bool // init's exit is held back until activeExecs reaches 0
 	freeze      freezeState
+	oom         *oomWatch // set before the container is shared; nil without a memory cgroup
 	deleting    bool
 	deleted     bool
 }
@@ -160,11 +161,13 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 	}
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
 	c.events = newEventQueue(cfg.sink)
+	c.oom = c.watchOOM(pid)
 	c.publishLocked(Event{Kind: EventCreate, Pid: pid})
 	if err := watcher.Watch(pid, c.init.onExit); err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.
 		c.forceDelete()
 		c.init.onExit(reapPid(pid))
+		c.oom.close()
 		c.mu.Lock()
 		c.deleted = true
 		c.publishLocked(Event{Kind: EventDelete, Pid: pid, Status: c.init.status})
@@ -445,6 +448,7 @@ func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 
 // finishDelete undoes the bundle preparation and publishes the delete event.
 func (c *Container) finishDelete() {
+	c.oom.close()
 	c.runUndo()
 	releaseID(c.cfg.runtimeRoot, c.id)
 	c.mu.Lock()

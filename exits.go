@@ -249,6 +249,11 @@ func (c *Container) killExecsLocked() {
 }
 
 func (c *Container) publishExitLocked(p *Process) {
+	if p == c.init {
+		// The kernel counts an OOM kill before the victim dies: an OOM
+		// that killed init is always seen here, and published first.
+		c.checkOOMLocked()
+	}
 	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
 	go p.finish(p.io)
 }

@@ -1,0 +1,369 @@
+package runckit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/runckit/runckit/internal/epoll"
+)
+
+// Stats are a container's resource figures from its cgroup, the same
+// fields whether the host runs cgroup v1 or v2.
+type Stats struct {
+	CPU    CPUStats
+	Memory MemoryStats
+	Pids   PidsStats
+	IO     IOStats
+}
+
+// CPUStats are cumulative CPU times, in nanoseconds, and CFS throttling.
+type CPUStats struct {
+	UsageNanos       uint64
+	UserNanos        uint64
+	SystemNanos      uint64
+	Periods          uint64
+	ThrottledPeriods uint64
+	ThrottledNanos   uint64
+}
+
+// MemoryStats are in bytes, except OOMKills, a count.
+type MemoryStats struct {
+	Usage    uint64
+	Limit    uint64 // the kernel's "no limit" is reported as is (a huge number)
+	MaxUsage uint64 // v1 only: v2 has no high-water mark before kernel 5.19
+	Cache    uint64 // page cache (v1 cache, v2 file)
+	RSS      uint64 // anonymous memory (v1 rss, v2 anon)
+	Swap     uint64
+	OOMKills uint64
+}
+
+// PidsStats count tasks.
+type PidsStats struct {
+	Current uint64
+	Limit   uint64 // 0 means no limit
+}
+
+// IOStats are summed over all block devices.
+type IOStats struct {
+	ReadBytes  uint64
+	WriteBytes uint64
+	ReadOps    uint64
+	WriteOps   uint64
+}
+
+// Stats reads the container's cgroup figures.
+func (c *Container) Stats(ctx context.Context) (*Stats, error) {
+	c.mu.Lock()
+	err := c.checkRunningLocked("stats")
+	pid := c.init.pid
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	cg, err := loadCgroup(pid)
+	if err != nil {
+		return nil, fmt.Errorf("runckit: stats of container %q: %w", c.id, err)
+	}
+	return cg.stats()
+}
+
+// containerCgroup is a container's cgroup on either hierarchy.
+type containerCgroup interface {
+	stats() (*Stats, error)
+	// oomKills reads the cgroup's OOM kill counter.
+	oomKills() (uint64, error)
+	// oomNotifier returns an fd that becomes readable when the OOM
+	// counter may have changed, and how to drain it.
+	oomNotifier() (fd int, drain func(), err error)
+}
+
+// loadCgroup finds the cgroup of pid on this host's hierarchy.
+func loadCgroup(pid int) (containerCgroup, error) {
+	if isUnifiedHost() {
+		group, err := cgroup2.PidGroupPath(pid)
+		if err != nil {
+			return nil, fmt.Errorf("cgroup v2 path of pid %d: %w", pid, err)
+		}
+		return loadCgroup2(unifiedMountpoint, group)
+	}
+	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	if err != nil {
+		return nil, fmt.Errorf("cgroup v1 of pid %d: %w", pid, err)
+	}
+	memPath, err := cgroup1.PidPath(pid)(cgroup1.Memory)
+	if err != nil {
+		return nil, fmt.Errorf("memory cgroup of pid %d: %w", pid, err)
+	}
+	return &cgroupV1{cg: cg, memDir: filepath.Join(v1Root, "memory", memPath)}, nil
+}
+
+const (
+	v1Root            = "/sys/fs/cgroup"
+	unifiedMountpoint = "/sys/fs/cgroup"
+)
+
+type cgroupV1 struct {
+	cg     cgroup1.Cgroup
+	memDir string
+}
+
+func (g *cgroupV1) stats() (*Stats, error) {
+	m, err := g.cg.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return nil, fmt.Errorf("read cgroup v1 stats: %w", err)
+	}
+	return statsFromV1(m), nil
+}
+
+func (g *cgroupV1) oomKills() (uint64, error) {
+	return readKeyedCounter(filepath.Join(g.memDir, "memory.oom_control"), "oom_kill")
+}
+
+// oomNotifier registers an eventfd on memory.oom_control: the v1 way.
+func (g *cgroupV1) oomNotifier() (int, func(), error) {
+	efd, err := g.cg.OOMEventFD()
+	if err != nil {
+		return -1, nil, err
+	}
+	fd := int(efd)
+	return fd, func() {
+		var buf [8]byte
+		unix.Read(fd, buf[:])
+	}, nil
+}
+
+func statsFromV1(m *v1stats.Metrics) *Stats {
+	var s Stats
+	if cpu := m.GetCPU(); cpu != nil {
+		s.CPU.UsageNanos = cpu.GetUsage().GetTotal()
+		s.CPU.UserNanos = cpu.GetUsage().GetUser()
+		s.CPU.SystemNanos = cpu.GetUsage().GetKernel()
+		s.CPU.Periods = cpu.GetThrottling().GetPeriods()
+		s.CPU.ThrottledPeriods = cpu.GetThrottling().GetThrottledPeriods()
+		s.CPU.ThrottledNanos = cpu.GetThrottling().GetThrottledTime()
+	}
+	if mem := m.GetMemory(); mem != nil {
+		s.Memory.Usage = mem.GetUsage().GetUsage()
+		s.Memory.Limit = mem.GetUsage().GetLimit()
+		s.Memory.MaxUsage = mem.GetUsage().GetMax()
+		s.Memory.Cache = mem.GetCache()
+		s.Memory.RSS = mem.GetRSS()
+		if sw := mem.GetSwap(); sw != nil && sw.GetUsage() >= s.Memory.Usage {
+			s.Memory.Swap = sw.GetUsage() - s.Memory.Usage // memsw counts memory + swap
+		}
+	}
+	s.Memory.OOMKills = m.GetMemoryOomControl().GetOomKill()
+	s.Pids.Current = m.GetPids().GetCurrent()
+	s.Pids.Limit = m.GetPids().GetLimit()
+	for _, e := range m.GetBlkio().GetIoServiceBytesRecursive() {
+		switch strings.ToLower(e.GetOp()) {
+		case "read":
+			s.IO.ReadBytes += e.GetValue()
+		case "write":
+			s.IO.WriteBytes += e.GetValue()
+		}
+	}
+	for _, e := range m.GetBlkio().GetIoServicedRecursive() {
+		switch strings.ToLower(e.GetOp()) {
+		case "read":
+			s.IO.ReadOps += e.GetValue()
+		case "write":
+			s.IO.WriteOps += e.GetValue()
+		}
+	}
+	return &s
+}
+
+type cgroupV2 struct {
+	mgr *cgroup2.Manager
+	dir string
+}
+
+// loadCgroup2 loads group under mountpoint; tests point mountpoint at a
+// fabricated tree.
+func loadCgroup2(mountpoint, group string) (*cgroupV2, error) {
+	mgr, err := cgroup2.Load(group, cgroup2.WithMountpoint(mountpoint))
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup v2 %s: %w", group, err)
+	}
+	return &cgroupV2{mgr: mgr, dir: filepath.Join(mountpoint, group)}, nil
+}
+
+func (g *cgroupV2) stats() (*Stats, error) {
+	m, err := g.mgr.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read cgroup v2 stats: %w", err)
+	}
+	return statsFromV2(m), nil
+}
+
+func (g *cgroupV2) oomKills() (uint64, error) {
+	return readKeyedCounter(filepath.Join(g.dir, "memory.events"), "oom_kill")
+}
+
+// oomNotifier watches memory.events with inotify: the v2 way.
+func (g *cgroupV2) oomNotifier() (int, func(), error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return -1, nil, fmt.Errorf("inotify_init1: %w", err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, filepath.Join(g.dir, "memory.events"), unix.IN_MODIFY); err != nil {
+		unix.Close(fd)
+		return -1, nil, fmt.Errorf("watch %s/memory.events: %w", g.dir, err)
+	}
+	return fd, func() {
+		buf := make([]byte, 4096)
+		for {
+			if n, _ := unix.Read(fd, buf); n <= 0 {
+				return
+			}
+		}
+	}, nil
+}
+
+func statsFromV2(m *v2stats.Metrics) *Stats {
+	var s Stats
+	if cpu := m.GetCPU(); cpu != nil {
+		s.CPU.UsageNanos = cpu.GetUsageUsec() * 1000
+		s.CPU.UserNanos = cpu.GetUserUsec() * 1000
+		s.CPU.SystemNanos = cpu.GetSystemUsec() * 1000
+		s.CPU.Periods = cpu.GetNrPeriods()
+		s.CPU.ThrottledPeriods = cpu.GetNrThrottled()
+		s.CPU.ThrottledNanos = cpu.GetThrottledUsec() * 1000
+	}
+	if mem := m.GetMemory(); mem != nil {
+		s.Memory.Usage = mem.GetUsage()
+		s.Memory.Limit = mem.GetUsageLimit()
+		s.Memory.MaxUsage = mem.GetMaxUsage()
+		s.Memory.Cache = mem.GetFile()
+		s.Memory.RSS = mem.GetAnon()
+		s.Memory.Swap = mem.GetSwapUsage()
+	}
+	s.Memory.OOMKills = m.GetMemoryEvents().GetOomKill()
+	s.Pids.Current = m.GetPids().GetCurrent()
+	s.Pids.Limit = m.GetPids().GetLimit()
+	for _, e := range m.GetIo().GetUsage() {
+		s.IO.ReadBytes += e.GetRbytes()
+		s.IO.WriteBytes += e.GetWbytes()
+		s.IO.ReadOps += e.GetRios()
+		s.IO.WriteOps += e.GetWios()
+	}
+	return &s
+}
+
+// readKeyedCounter reads "key value" lines (memory.oom_control,
+// memory.events) and returns key's value.
+func readKeyedCounter(path, key string) (uint64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && f[0] == key {
+			return strconv.ParseUint(f[1], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s has no %q line: %w", path, key, errdefs.ErrNotFound)
+}
+
+// oomLoop waits on every container's OOM notifier.
+var oomLoop epoll.Loop
+
+// oomWatch turns OOM kills in a container's cgroup into oom events. The
+// notifier only says "look": the kill counter is the truth, read again
+// before init's exit is published so an OOM is never reported after it.
+type oomWatch struct {
+	c     *Container
+	cg    containerCgroup
+	drain func()
+
+	mu     sync.Mutex // guards fd and closed against the loop's handler
+	fd     int
+	closed bool
+
+	seen uint64 // kills already published; guarded by c.mu
+}
+
+// watchOOM starts OOM watching for the container whose init is pid. It is
+// best effort: a host without a memory controller has no OOM events.
+func (c *Container) watchOOM(pid int) *oomWatch {
+	cg, err := loadCgroup(pid)
+	if err != nil {
+		return nil
+	}
+	w := &oomWatch{c: c, cg: cg, fd: -1}
+	w.seen, _ = cg.oomKills()
+	fd, drain, err := cg.oomNotifier()
+	if err != nil {
+		return w // the exit-time check still works
+	}
+	w.fd, w.drain = fd, drain
+	if err := oomLoop.Add(fd, w.onNotify); err != nil {
+		unix.Close(fd)
+		w.fd = -1
+	}
+	return w
+}
+
+func (w *oomWatch) onNotify() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.drain()
+	w.mu.Unlock()
+	w.c.mu.Lock()
+	w.c.checkOOMLocked()
+	w.c.mu.Unlock()
+}
+
+// checkOOMLocked publishes an oom event if the kill counter has grown.
+func (c *Container) checkOOMLocked() {
+	w := c.oom
+	if w == nil || c.deleted {
+		return
+	}
+	n, err := w.cg.oomKills()
+	if err != nil || n <= w.seen {
+		return
+	}
+	w.seen = n
+	c.publishLocked(Event{Kind: EventOOM, Pid: c.init.pid})
+}
+
+// close stops the watch; safe on nil and more than once.
+func (w *oomWatch) close() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	w.closed = true
+	if w.fd >= 0 {
+		oomLoop.Remove(w.fd)
+		unix.Close(w.fd)
+	}
+}
+
+func isUnifiedHost() bool { return cgroups.Mode() == cgroups.Unified }

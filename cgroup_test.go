@@ -1,0 +1,67 @@
+package runckit_test
+
+import (
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runckit/runckit/runckittest"
+)
+
+func TestStatsV1(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	spec := runckittest.Spec(t, "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 100000")
+	limit := int64(256 << 20)
+	pids := int64(100)
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}, Pids: &specs.LinuxPids{Limit: &pids}}
+	c := e.create(ctx, spec)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let it burn some CPU
+	st, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CPU.UsageNanos == 0 {
+		t.Errorf("CPU usage is 0 after a busy loop: %+v", st.CPU)
+	}
+	if st.Memory.Usage == 0 || st.Memory.Limit != uint64(limit) {
+		t.Errorf("memory = %+v, want usage > 0 and limit %d", st.Memory, limit)
+	}
+	if st.Pids.Current < 1 || st.Pids.Limit != uint64(pids) {
+		t.Errorf("pids = %+v, want current >= 1 and limit %d", st.Pids, pids)
+	}
+}
+
+// A container limited to 32 MiB that allocates far more is OOM-killed: the
+// oom event comes, and before init's exit event.
+func TestOOMEventBeforeInitExit(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	// awk doubles a string until the memory cgroup's limit stops it.
+	spec := runckittest.Spec(t, "awk", `BEGIN { s = "x"; for (i = 0; i < 28; i++) s = s s; print length(s) }`)
+	limit := int64(32 << 20)
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}
+	c := e.create(ctx, spec)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Signal != syscall.SIGKILL {
+		t.Errorf("init = %v, want killed by the OOM killer", st)
+	}
+	if err := c.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkOrder(t, e.rec.Events())
+	if got := kinds(e.rec.Events()); got != "create start oom exit delete" {
+		t.Errorf("events = %s, want create start oom exit delete", got)
+	}
+}
