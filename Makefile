@@ -6,11 +6,12 @@ TESTFLAGS ?= -race -count=1 -timeout 15m
 
 .PHONY: deps demo test vet bench-quick
 
-# Installs runc and busybox-static when they are missing.
+# Installs runc and busybox-static (and criu, for the checkpoint tests)
+# when they are missing.
 deps:
-	@if ! command -v runc >/dev/null 2>&1 || [ ! -x /bin/busybox ]; then \
-		echo "installing runc and busybox-static"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc busybox-static >/dev/null; \
+	@if ! command -v runc >/dev/null 2>&1 || [ ! -x /bin/busybox ] || ! command -v criu >/dev/null 2>&1; then \
+		echo "installing runc, busybox-static and criu"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc busybox-static criu >/dev/null; \
 	fi
 
 demo: deps

@@ -84,7 +84,14 @@ func releaseID(root, id string) {
 // runc create. When it returns, init exists but does not run the user's
 // program until Start. On failure nothing is left behind: no mount, file,
 // fd, goroutine or runtime state.
-func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ *Container, retErr error) {
+func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (*Container, error) {
+	return newContainer(ctx, id, bundleDir, nil, opts)
+}
+
+// newContainer is NewContainer, or Restore when restore is set: then init
+// comes back running from a checkpoint, and create and start are published
+// together.
+func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOptions, opts []Option) (_ *Container, retErr error) {
 	if err := validateID("container", id); err != nil {
 		return nil, err
 	}
@@ -148,7 +155,11 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 	c.init = newProcess(c, "", nil, cfg.stdio)
 	release := holdReaping(watcher) // until init's pid is watched
 	defer release()
-	pid, pio, err := c.runCreate(ctx)
+	step := "create"
+	if restore != nil {
+		step = "restore"
+	}
+	pid, pio, err := c.runCreate(ctx, restore)
 	if err != nil {
 		return nil, err
 	}
@@ -157,12 +168,17 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 		c.forceDelete()
 		reapPid(pid)
 		pio.abortHost()
-		return nil, fmt.Errorf("runckit: create container %q: %w", id, err)
+		return nil, fmt.Errorf("runckit: %s container %q: %w", step, id, err)
 	}
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
 	c.events = newEventQueue(cfg.sink)
 	c.oom = c.watchOOM(pid)
 	c.publishLocked(Event{Kind: EventCreate, Pid: pid})
+	if restore != nil {
+		// Before the watch: a restored init may exit at once.
+		c.init.state = stateRunning
+		c.publishLocked(Event{Kind: EventStart, Pid: pid})
+	}
 	if err := watcher.Watch(pid, c.init.onExit); err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.
 		c.forceDelete()
@@ -173,14 +189,15 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (_ 
 		c.publishLocked(Event{Kind: EventDelete, Pid: pid, Status: c.init.status})
 		c.events.close()
 		c.mu.Unlock()
-		return nil, fmt.Errorf("runckit: create container %q: watch init: %w", id, err)
+		return nil, fmt.Errorf("runckit: %s container %q: watch init: %w", step, id, err)
 	}
 	return c, nil
 }
 
-// runCreate runs runc create --detach and returns init's pid with its IO
-// started. On failure it leaves no runtime state and no open IO.
-func (c *Container) runCreate(ctx context.Context) (int, *processIO, error) {
+// runCreate runs runc create (or runc restore --detach) and returns init's
+// pid with its IO started. On failure it leaves no runtime state and no
+// open IO.
+func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int, *processIO, error) {
 	pio, err := newProcessIO(c.cfg.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
@@ -188,16 +205,30 @@ func (c *Container) runCreate(ctx context.Context) (int, *processIO, error) {
 	os.Remove(c.runtime.Log) // the log must hold this create's messages only
 	pidFile := filepath.Join(c.bundle, initPidFile)
 	os.Remove(pidFile) // a stale pid must never be taken for this init's
-	err = c.runtime.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
-		IO:            pio.runcIO(),
-		PidFile:       pidFile,
-		ConsoleSocket: pio.consoleSocket(), // create always detaches
-		NoPivot:       c.cfg.runtimeOpts.NoPivotRoot,
-		NoNewKeyring:  c.cfg.runtimeOpts.NoNewKeyring,
-	})
+	step := "create"
+	if restore == nil {
+		err = c.runtime.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
+			IO:            pio.runcIO(),
+			PidFile:       pidFile,
+			ConsoleSocket: pio.consoleSocket(), // create always detaches
+			NoPivot:       c.cfg.runtimeOpts.NoPivotRoot,
+			NoNewKeyring:  c.cfg.runtimeOpts.NoNewKeyring,
+		})
+	} else {
+		step = "restore"
+		_, err = c.runtime.Restore(ctx, c.id, c.bundle, &runc.RestoreOpts{
+			CheckpointOpts: restore.criuOptions(),
+			IO:             pio.runcIO(),
+			Detach:         true,
+			PidFile:        pidFile,
+			NoSubreaper:    true, // init must be re-parented to us
+			NoPivot:        c.cfg.runtimeOpts.NoPivotRoot,
+			ConsoleSocket:  pio.consoleSocket(),
+		})
+	}
 	if err != nil {
 		pio.abort()
-		rerr := newRuntimeError(ctx, "create", c.id, "", c.runtime.Log, err)
+		rerr := newRuntimeError(ctx, step, c.id, "", c.runtime.Log, err)
 		c.forceDelete() // runc may leave a half-made container behind
 		reapStray(pidFile, false)
 		return 0, nil, rerr
