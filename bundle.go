@@ -79,6 +79,7 @@ func (c *Container) prepareBundle() (*specs.Spec, error) {
 		if err != nil {
 			return nil, err
 		}
+		c.mounts = append(c.mounts, target)
 		c.undo = append(c.undo, func() { unmount(target) })
 	}
 	opts, err := json.Marshal(c.cfg.runtimeOpts)

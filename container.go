@@ -35,6 +35,7 @@ type Container struct {
 	// that init's exit does not end the other processes (DESIGN.md rule 7).
 	hostPID    bool
 	stopSignal syscall.Signal // what Stop sends first
+	mounts     []string       // rootfs mount targets, for the record
 	// undo reverses what NewContainer did outside runc (mounts, files).
 	undo []func()
 
@@ -49,8 +50,12 @@ type Container struct {
 	initPending bool // init's exit is held back until activeExecs reaches 0
 	freeze      freezeState
 	oom         *oomWatch // set before the container is shared; nil without a memory cgroup
-	deleting    bool
-	deleted     bool
+	// rec writes the container's record when WithStateDir is set; its
+	// snapshots are numbered by recordVersion.
+	rec           *recorder
+	recordVersion uint64
+	deleting      bool
+	deleted       bool
 }
 
 // registry reserves container IDs per runtime root, so two NewContainer
@@ -69,6 +74,19 @@ func reserveID(root, id string) error {
 	}
 	if _, err := os.Stat(filepath.Join(root, id)); err == nil {
 		return fmt.Errorf("runckit: container %q already exists in runtime root %s: %w", id, root, errdefs.ErrAlreadyExists)
+	}
+	registry.ids[key] = struct{}{}
+	return nil
+}
+
+// claimID reserves an ID for a container that runc already has (adoption):
+// only a second claim within this program is a conflict.
+func claimID(root, id string) error {
+	key := root + "\x00" + id
+	registry.Lock()
+	defer registry.Unlock()
+	if _, ok := registry.ids[key]; ok {
+		return fmt.Errorf("runckit: container %q is already loaded in this program: %w", id, errdefs.ErrAlreadyExists)
 	}
 	registry.ids[key] = struct{}{}
 	return nil
@@ -143,6 +161,13 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 			releaseID(cfg.runtimeRoot, id)
 		}
 	}()
+	if cfg.stateDir != "" {
+		if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("runckit: state directory: %w", err)
+		}
+		c.rec = &recorder{path: recordPath(cfg.stateDir, id)}
+		c.undo = append(c.undo, c.rec.remove)
+	}
 	spec, err := c.prepareBundle()
 	if err != nil {
 		return nil, err
@@ -179,6 +204,8 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		c.init.state = stateRunning
 		c.publishLocked(Event{Kind: EventStart, Pid: pid})
 	}
+	recordStartTime(c.init)
+	c.saveRecord()
 	if err := watcher.Watch(pid, c.init.onExit); err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.
 		c.forceDelete()
@@ -290,6 +317,7 @@ func (c *Container) Start(ctx context.Context) error {
 
 	err := c.runtime.Start(ctx, c.id)
 
+	defer c.saveRecord() // after the unlock below: a held exit may be handled
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {

@@ -53,6 +53,7 @@ type containerConfig struct {
 	runtimeOpts   RuntimeOptions
 	watcher       ExitWatcher
 	drainTimeout  time.Duration
+	stateDir      string
 	killOnInitEnd bool // set from the spec: init shares the host PID namespace
 }
 

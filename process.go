@@ -68,12 +68,13 @@ type Process struct {
 
 	// Guarded by c.mu. The container's lock guards its processes because
 	// every ordering decision (exec exits before init's) spans both.
-	state    processState
-	pid      int
-	pidfd    *pidfdHandle // for signals; closed when the exit is handled
-	io       *processIO
-	status   ExitStatus
-	heldExit *ExitStatus // init's exit seen while runc start ran: published after the start event
+	state     processState
+	pid       int
+	pidfd     *pidfdHandle // for signals; closed when the exit is handled
+	io        *processIO
+	status    ExitStatus
+	startTime uint64      // clock ticks since boot, for the record (WithStateDir)
+	heldExit  *ExitStatus // init's exit seen while runc start ran: published after the start event
 
 	// done is closed once the exit event is published and output drained;
 	// status and waitErr are final then.
@@ -237,13 +238,15 @@ func (p *Process) Delete(ctx context.Context) error {
 func (p *Process) onExit(st ExitStatus) {
 	c := p.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if p.state == stateStarting {
 		// runc start has not returned: the start event is not out yet.
 		p.heldExit = &st
+		c.mu.Unlock()
 		return
 	}
 	c.handleExitLocked(p, st)
+	c.mu.Unlock()
+	c.saveRecord()
 }
 
 // finish waits for the process's output, then releases Wait. It runs in its
@@ -295,6 +298,8 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	}
 	c.mu.Unlock()
 
+	recordStartTime(p)
+	c.saveRecord()
 	if perr != nil {
 		// Can not happen short of fd exhaustion: the process is our unreaped
 		// child. Reap it here so that its exit is still accounted for.
