@@ -100,6 +100,11 @@ func TestDuplicateContainerID(t *testing.T) {
 	if !errdefs.IsAlreadyExists(err) {
 		t.Errorf("second NewContainer = %v, want ErrAlreadyExists", err)
 	}
+	// One bundle serves one container at a time.
+	_, err = runckit.NewContainer(ctx, "other", c.Bundle(), runckit.WithRuntimeRoot(e.root))
+	if !errdefs.IsAlreadyExists(err) || !strings.Contains(err.Error(), c.Bundle()) {
+		t.Errorf("NewContainer on a bundle in use = %v, want ErrAlreadyExists naming it", err)
+	}
 }
 
 // A create that fails in runc reports runc's own message and leaves

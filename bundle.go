@@ -41,6 +41,12 @@ func checkBundle(dir string, needConfig bool) (string, error) {
 // mounts and writes the runtime options, recording how to undo each step.
 // It returns the spec the container will run.
 func (c *Container) prepareBundle() (*specs.Spec, error) {
+	// runckit keeps per-container files in the bundle, so a bundle serves
+	// one container at a time.
+	if _, err := os.Stat(filepath.Join(c.bundle, optionsFile)); err == nil {
+		return nil, fmt.Errorf("runckit: bundle %s is in use by another container (%s exists): delete that container, or adopt it with LoadContainer: %w",
+			c.bundle, optionsFile, errdefs.ErrAlreadyExists)
+	}
 	cfgPath := filepath.Join(c.bundle, "config.json")
 	if c.cfg.spec != nil {
 		data, err := json.Marshal(c.cfg.spec)
