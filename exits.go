@@ -165,42 +165,45 @@ func (w *pidfdWatcher) loop(epfd int) {
 			}
 			panic(fmt.Sprintf("runckit: epoll_wait: %v", err))
 		}
-		// Reap before forgetting: a reaping watcher must see a pid as
-		// watched until it has been reaped here.
-		var exited []*watch
+		var ready []*watch
 		w.mu.Lock()
 		for _, ev := range events[:n] {
 			if wt, ok := w.watches[ev.Fd]; ok {
-				exited = append(exited, wt)
+				ready = append(ready, wt)
 			}
 		}
 		w.mu.Unlock()
-		statuses := make([]ExitStatus, len(exited))
-		for i, wt := range exited {
-			statuses[i] = reapPidfd(wt.pidfd)
-		}
-		w.mu.Lock()
-		for _, wt := range exited {
-			delete(w.watches, int32(wt.pidfd))
-			unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
-			unix.Close(wt.pidfd)
-		}
-		// The loop owns epfd: it closes it, and ends, when nothing is left to
-		// watch. A later Watch starts a new loop.
-		idle := len(w.watches) == 0
-		if idle {
-			unix.Close(epfd)
-			w.epfd = -1
-		}
-		w.mu.Unlock()
-		// Report outside the lock: onExit takes container locks.
-		for i, wt := range exited {
-			wt.onExit(statuses[i])
+		idle := false
+		for _, wt := range ready {
+			// Reap before forgetting: a reaping watcher must see a pid as
+			// watched until it has been reaped here. Report each exit as
+			// soon as it is reaped, outside the lock (onExit takes
+			// container locks).
+			st := reapPidfd(wt.pidfd)
+			idle = w.forget(epfd, wt)
+			wt.onExit(st)
 		}
 		if idle {
 			return
 		}
 	}
+}
+
+// forget removes a reaped watch. When nothing is left to watch it closes
+// epfd and reports true: the loop owns epfd and ends; a later Watch starts
+// a new loop.
+func (w *pidfdWatcher) forget(epfd int, wt *watch) (idle bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.watches, int32(wt.pidfd))
+	unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
+	unix.Close(wt.pidfd)
+	if len(w.watches) == 0 {
+		unix.Close(epfd)
+		w.epfd = -1
+		return true
+	}
+	return false
 }
 
 // The causality rules: how an observed exit becomes an exit event.
