@@ -142,12 +142,12 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	tmp := f.Name()
+	// No fsync: the rename makes the write atomic, which is what readers
+	// need; durability across a power cut is moot for containers, which do
+	// not survive one either.
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

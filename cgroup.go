@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -85,6 +86,10 @@ func (c *Container) Stats(ctx context.Context) (*Stats, error) {
 // containerCgroup is a container's cgroup on either hierarchy.
 type containerCgroup interface {
 	stats() (*Stats, error)
+}
+
+// oomSource is where a container's OOM kills are counted and announced.
+type oomSource interface {
 	// oomKills reads the cgroup's OOM kill counter.
 	oomKills() (uint64, error)
 	// oomNotifier returns an fd that becomes readable when the OOM
@@ -92,7 +97,7 @@ type containerCgroup interface {
 	oomNotifier() (fd int, drain func(), err error)
 }
 
-// loadCgroup finds the cgroup of pid on this host's hierarchy.
+// loadCgroup finds the cgroup of pid on this host's hierarchy, for Stats.
 func loadCgroup(pid int) (containerCgroup, error) {
 	if isUnifiedHost() {
 		group, err := cgroup2.PidGroupPath(pid)
@@ -105,11 +110,33 @@ func loadCgroup(pid int) (containerCgroup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cgroup v1 of pid %d: %w", pid, err)
 	}
-	memPath, err := cgroup1.PidPath(pid)(cgroup1.Memory)
+	return &cgroupV1{cg: cg}, nil
+}
+
+// oomSourceFor finds pid's memory cgroup from /proc/<pid>/cgroup alone:
+// it runs on every create, where loading the whole hierarchy would cost
+// milliseconds.
+func oomSourceFor(pid int) (oomSource, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil {
-		return nil, fmt.Errorf("memory cgroup of pid %d: %w", pid, err)
+		return nil, err
 	}
-	return &cgroupV1{cg: cg, memDir: filepath.Join(v1Root, "memory", memPath)}, nil
+	unified := isUnifiedHost()
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if unified && parts[0] == "0" && parts[1] == "" {
+			return &memoryCgroupV2{dir: filepath.Join(unifiedMountpoint, parts[2])}, nil
+		}
+		for _, ctrl := range strings.Split(parts[1], ",") {
+			if !unified && ctrl == "memory" {
+				return &memoryCgroupV1{dir: filepath.Join(v1Root, "memory", parts[2])}, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("pid %d has no memory cgroup: %w", pid, errdefs.ErrNotFound)
 }
 
 const (
@@ -118,8 +145,7 @@ const (
 )
 
 type cgroupV1 struct {
-	cg     cgroup1.Cgroup
-	memDir string
+	cg cgroup1.Cgroup
 }
 
 func (g *cgroupV1) stats() (*Stats, error) {
@@ -130,20 +156,35 @@ func (g *cgroupV1) stats() (*Stats, error) {
 	return statsFromV1(m), nil
 }
 
-func (g *cgroupV1) oomKills() (uint64, error) {
-	return readKeyedCounter(filepath.Join(g.memDir, "memory.oom_control"), "oom_kill")
+// memoryCgroupV1 is a v1 memory cgroup directory, as an oomSource.
+type memoryCgroupV1 struct{ dir string }
+
+func (g *memoryCgroupV1) oomKills() (uint64, error) {
+	return readKeyedCounter(filepath.Join(g.dir, "memory.oom_control"), "oom_kill")
 }
 
-// oomNotifier registers an eventfd on memory.oom_control: the v1 way.
-func (g *cgroupV1) oomNotifier() (int, func(), error) {
-	efd, err := g.cg.OOMEventFD()
+// oomNotifier registers an eventfd for memory.oom_control through
+// cgroup.event_control: the v1 way. The kernel also signals it when the
+// cgroup is removed, which the counter check tells apart.
+func (g *memoryCgroupV1) oomNotifier() (int, func(), error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
+		return -1, nil, fmt.Errorf("eventfd: %w", err)
+	}
+	control, err := os.Open(filepath.Join(g.dir, "memory.oom_control"))
+	if err != nil {
+		unix.Close(efd)
 		return -1, nil, err
 	}
-	fd := int(efd)
-	return fd, func() {
+	defer control.Close() // the registration holds its own reference
+	reg := fmt.Sprintf("%d %d", efd, control.Fd())
+	if err := os.WriteFile(filepath.Join(g.dir, "cgroup.event_control"), []byte(reg), 0); err != nil {
+		unix.Close(efd)
+		return -1, nil, fmt.Errorf("register OOM eventfd: %w", err)
+	}
+	return efd, func() {
 		var buf [8]byte
-		unix.Read(fd, buf[:])
+		unix.Read(efd, buf[:])
 	}, nil
 }
 
@@ -191,7 +232,6 @@ func statsFromV1(m *v1stats.Metrics) *Stats {
 
 type cgroupV2 struct {
 	mgr *cgroup2.Manager
-	dir string
 }
 
 // loadCgroup2 loads group under mountpoint; tests point mountpoint at a
@@ -201,7 +241,7 @@ func loadCgroup2(mountpoint, group string) (*cgroupV2, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup v2 %s: %w", group, err)
 	}
-	return &cgroupV2{mgr: mgr, dir: filepath.Join(mountpoint, group)}, nil
+	return &cgroupV2{mgr: mgr}, nil
 }
 
 func (g *cgroupV2) stats() (*Stats, error) {
@@ -212,12 +252,15 @@ func (g *cgroupV2) stats() (*Stats, error) {
 	return statsFromV2(m), nil
 }
 
-func (g *cgroupV2) oomKills() (uint64, error) {
+// memoryCgroupV2 is a v2 cgroup directory, as an oomSource.
+type memoryCgroupV2 struct{ dir string }
+
+func (g *memoryCgroupV2) oomKills() (uint64, error) {
 	return readKeyedCounter(filepath.Join(g.dir, "memory.events"), "oom_kill")
 }
 
 // oomNotifier watches memory.events with inotify: the v2 way.
-func (g *cgroupV2) oomNotifier() (int, func(), error) {
+func (g *memoryCgroupV2) oomNotifier() (int, func(), error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return -1, nil, fmt.Errorf("inotify_init1: %w", err)
@@ -291,7 +334,7 @@ var oomLoop epoll.Loop
 // before init's exit is published so an OOM is never reported after it.
 type oomWatch struct {
 	c     *Container
-	cg    containerCgroup
+	cg    oomSource
 	drain func()
 
 	mu     sync.Mutex // guards fd and closed against the loop's handler
@@ -304,7 +347,7 @@ type oomWatch struct {
 // watchOOM starts OOM watching for the container whose init is pid. It is
 // best effort: a host without a memory controller has no OOM events.
 func (c *Container) watchOOM(pid int) *oomWatch {
-	cg, err := loadCgroup(pid)
+	cg, err := oomSourceFor(pid)
 	if err != nil {
 		return nil
 	}
@@ -331,22 +374,37 @@ func (w *oomWatch) onNotify() {
 	w.drain()
 	w.mu.Unlock()
 	w.c.mu.Lock()
-	w.c.checkOOMLocked()
+	found := w.c.checkOOMLocked()
 	w.c.mu.Unlock()
+	if !found {
+		// v1 signals when the OOM starts, before the kill is counted:
+		// look again once the killer has had time to act.
+		time.AfterFunc(oomRecheckDelay, func() {
+			w.c.mu.Lock()
+			w.c.checkOOMLocked()
+			w.c.mu.Unlock()
+		})
+	}
 }
 
-// checkOOMLocked publishes an oom event if the kill counter has grown.
-func (c *Container) checkOOMLocked() {
+// oomRecheckDelay is how long after an OOM notification the kill counter
+// is read again if it had not moved yet.
+const oomRecheckDelay = 50 * time.Millisecond
+
+// checkOOMLocked publishes an oom event if the kill counter has grown,
+// and reports whether it did.
+func (c *Container) checkOOMLocked() bool {
 	w := c.oom
 	if w == nil || c.deleted {
-		return
+		return false
 	}
 	n, err := w.cg.oomKills()
 	if err != nil || n <= w.seen {
-		return
+		return false
 	}
 	w.seen = n
 	c.publishLocked(Event{Kind: EventOOM, Pid: c.init.pid})
+	return true
 }
 
 // close stops the watch; safe on nil and more than once.

@@ -61,7 +61,8 @@ func TestCgroupV2StatsFromFiles(t *testing.T) {
 	if *st != want {
 		t.Errorf("stats =\n%+v\nwant\n%+v", *st, want)
 	}
-	if n, err := cg.oomKills(); err != nil || n != 1 {
+	oom := &memoryCgroupV2{dir: filepath.Join(mnt, group)}
+	if n, err := oom.oomKills(); err != nil || n != 1 {
 		t.Errorf("oomKills = %d, %v; want 1", n, err)
 	}
 }
@@ -70,10 +71,7 @@ func TestCgroupV2StatsFromFiles(t *testing.T) {
 // makes the fd readable, and drain empties it.
 func TestCgroupV2OOMNotifier(t *testing.T) {
 	mnt, group := fakeCgroup2(t)
-	cg, err := loadCgroup2(mnt, group)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cg := &memoryCgroupV2{dir: filepath.Join(mnt, group)}
 	fd, drain, err := cg.oomNotifier()
 	if err != nil {
 		t.Fatal(err)

@@ -1,12 +1,14 @@
 package runckit_test
 
 import (
+	"context"
 	"syscall"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/runckit/runckit"
 	"github.com/runckit/runckit/runckittest"
 )
 
@@ -63,5 +65,30 @@ func TestOOMEventBeforeInitExit(t *testing.T) {
 	checkOrder(t, e.rec.Events())
 	if got := kinds(e.rec.Events()); got != "create start oom exit delete" {
 		t.Errorf("events = %s, want create start oom exit delete", got)
+	}
+}
+
+// An OOM kill of an exec, with init alive, is announced by the cgroup's
+// notifier (eventfd on v1, inotify on v2), not only at init's exit.
+func TestOOMNotifierWhileInitLives(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	spec := runckittest.Spec(t, "sleep", "100000")
+	limit := int64(32 << 20)
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}
+	c := e.create(ctx, spec)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The victim is a child of the exec, which runckit does not track: only
+	// the notifier can tell.
+	runExec(t, ctx, c, "hog", "sh", "-c", `awk 'BEGIN { s = "x"; for (i = 0; i < 28; i++) s = s s; print length(s) }'; sleep 100000`)
+	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := e.rec.WaitFor(waitCtx, func(ev runckit.Event) bool { return ev.Kind == runckit.EventOOM }); err != nil {
+		t.Fatalf("no oom event while init lives: %v (events %s)", err, kinds(e.rec.Events()))
+	}
+	if st, _ := c.State(ctx); st.Status != runckit.StatusRunning {
+		t.Errorf("init status = %s, want running", st.Status)
 	}
 }

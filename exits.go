@@ -252,9 +252,11 @@ func (c *Container) killExecsLocked() {
 }
 
 func (c *Container) publishExitLocked(p *Process) {
-	if p == c.init {
+	if p == c.init || p.status.Signal == syscall.SIGKILL {
 		// The kernel counts an OOM kill before the victim dies: an OOM
-		// that killed init is always seen here, and published first.
+		// that killed this process is always seen here, and published
+		// before its exit. Init's exit looks too, for kills of processes
+		// runckit does not track.
 		c.checkOOMLocked()
 	}
 	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
