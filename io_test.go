@@ -2,6 +2,7 @@ package runckit_test
 
 import (
 	"bytes"
+	"strings"
 	"errors"
 	"io"
 	"os"
@@ -162,5 +163,38 @@ func TestFIFOStdinWithoutWriter(t *testing.T) {
 	}
 	if st, err := p.Wait(ctx); err != nil || !st.Success() {
 		t.Fatalf("Wait = %v, %v", st, err)
+	}
+}
+
+// Resize sets the terminal's window size as the process sees it.
+func TestTerminalResize(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	var out syncBuffer
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	p, err := c.Exec(ctx, "stty2", runckittest.ProcessSpec("sh", "-c", "read line; stty size"), runckit.Stdio{Terminal: true, Stdin: pr, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Resize(123, 45); err != nil {
+		t.Fatal(err)
+	}
+	pw.Write([]byte("go\n")) // only now does the process look at its size
+	if st, err := p.Wait(ctx); err != nil || !st.Success() {
+		t.Fatalf("Wait = %v, %v", st, err)
+	}
+	if !strings.Contains(out.String(), "45 123") {
+		t.Errorf("stty size printed %q, want 45 123", out.String())
+	}
+	// A process without a terminal can not be resized.
+	q := runExec(t, ctx, c, "plain", "true")
+	q.Wait(ctx)
+	if err := q.Resize(80, 24); err == nil {
+		t.Error("Resize of a process without a terminal succeeded")
 	}
 }
