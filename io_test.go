@@ -2,11 +2,11 @@ package runckit_test
 
 import (
 	"bytes"
-	"strings"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
