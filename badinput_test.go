@@ -253,3 +253,29 @@ func TestBadSignalAndStdio(t *testing.T) {
 
 var _ = errors.Is
 var _ context.Context
+
+// Runtime options are persisted in the bundle, mode 0600, while the
+// container exists, and removed with it.
+func TestRuntimeOptionsPersisted(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.create(ctx, runckittest.Spec(t, "true"), runckit.WithRuntimeOptions(runckit.RuntimeOptions{NoNewKeyring: true, NoPivotRoot: true}))
+	path := filepath.Join(c.Bundle(), "runckit.json")
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s mode = %v, want 0600", path, fi.Mode().Perm())
+	}
+	data, _ := os.ReadFile(path)
+	if !strings.Contains(string(data), `"no_new_keyring":true`) || !strings.Contains(string(data), `"no_pivot_root":true`) {
+		t.Errorf("%s = %s, want the options", path, data)
+	}
+	if err := c.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Errorf("%s left after Delete", path)
+	}
+}
