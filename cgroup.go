@@ -344,25 +344,40 @@ type oomWatch struct {
 	seen uint64 // kills already published; guarded by c.mu
 }
 
-// watchOOM starts OOM watching for the container whose init is pid. It is
-// best effort: a host without a memory controller has no OOM events.
-func (c *Container) watchOOM(pid int) *oomWatch {
+// newOOMWatch prepares OOM watching for the container whose init is pid;
+// start arms it. It is best effort: a host without a memory controller has
+// no OOM events.
+func (c *Container) newOOMWatch(pid int) *oomWatch {
 	cg, err := oomSourceFor(pid)
 	if err != nil {
 		return nil
 	}
 	w := &oomWatch{c: c, cg: cg, fd: -1}
 	w.seen, _ = cg.oomKills()
-	fd, drain, err := cg.oomNotifier()
+	return w
+}
+
+// start registers the notifier. It runs once c.oom is set and the create
+// event is out, so that no oom event can precede create.
+func (w *oomWatch) start() {
+	if w == nil {
+		return
+	}
+	fd, drain, err := w.cg.oomNotifier()
 	if err != nil {
-		return w // the exit-time check still works
+		return // the exit-time checks still work
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		unix.Close(fd)
+		return
 	}
 	w.fd, w.drain = fd, drain
 	if err := oomLoop.Add(fd, w.onNotify); err != nil {
 		unix.Close(fd)
 		w.fd = -1
 	}
-	return w
 }
 
 func (w *oomWatch) onNotify() {

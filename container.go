@@ -192,18 +192,22 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err != nil {
 		c.forceDelete()
 		reapPid(pid)
-		pio.abortHost()
+		pio.release()
 		return nil, fmt.Errorf("runckit: %s container %q: %w", step, id, err)
 	}
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
 	c.events = newEventQueue(cfg.sink)
-	c.oom = c.watchOOM(pid)
+	oom := c.newOOMWatch(pid)
+	c.mu.Lock()
+	c.oom = oom
 	c.publishLocked(Event{Kind: EventCreate, Pid: pid})
 	if restore != nil {
 		// Before the watch: a restored init may exit at once.
 		c.init.state = stateRunning
 		c.publishLocked(Event{Kind: EventStart, Pid: pid})
 	}
+	c.mu.Unlock()
+	oom.start()
 	recordStartTime(c.init)
 	c.saveRecord()
 	if err := watcher.Watch(pid, c.init.onExit); err != nil {
@@ -303,7 +307,7 @@ func (c *Container) publishLocked(e Event) {
 // Start starts the container's init process with runc start.
 func (c *Container) Start(ctx context.Context) error {
 	c.mu.Lock()
-	if c.deleted {
+	if c.deleted || c.deleting {
 		c.mu.Unlock()
 		return errDeleted(c.id)
 	}

@@ -72,7 +72,9 @@ func (e Event) String() string {
 // goroutine at a time per container, in Seq order, and never from inside an
 // operation: a slow Send delays later events of that container, nothing else.
 // A sink shared by several containers is called concurrently, once per
-// container; it must then be safe for concurrent use.
+// container; it must then be safe for concurrent use. Send must not call
+// Delete or Flush of the container whose event it handles: both wait for
+// the sink to drain, which can not happen while Send runs.
 type EventSink interface {
 	Send(Event)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -79,7 +80,7 @@ var (
 	subreaperErr  error
 
 	defaultWatcherOnce sync.Once
-	defaultWatcher     *pidfdWatcher
+	defaultWatcher     atomic.Pointer[pidfdWatcher]
 )
 
 // becomeSubreaper makes this program the child subreaper, so that container
@@ -105,14 +106,20 @@ func NewExitWatcher() (ExitWatcher, error) {
 	return &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}, nil
 }
 
+// sharedExitWatcher is the watcher of containers given none. Once the
+// program has a ReapingExitWatcher, that is the one: a second watcher would
+// see its pids reaped as orphans.
 func sharedExitWatcher() (ExitWatcher, error) {
+	if rw := activeReaper.Load(); rw != nil {
+		return rw, nil
+	}
 	if err := becomeSubreaper(); err != nil {
 		return nil, err
 	}
 	defaultWatcherOnce.Do(func() {
-		defaultWatcher = &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}
+		defaultWatcher.Store(&pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)})
 	})
-	return defaultWatcher, nil
+	return defaultWatcher.Load(), nil
 }
 
 // Watch opens a pidfd for pid and adds it to the epoll loop, starting the
@@ -125,6 +132,13 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 	if err != nil {
 		return fmt.Errorf("runckit: pidfd_open(%d): %w", pid, err)
 	}
+	return w.watchPidfd(fd, pid, onExit)
+}
+
+// watchPidfd watches the process behind pidfd, which it owns from then on.
+// Adoption uses it directly: its pidfd was checked to name the right
+// process, which a second pidfd_open by number could not promise.
+func (w *pidfdWatcher) watchPidfd(fd, pid int, onExit func(ExitStatus)) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// The loop is started only once its first pidfd is registered, so a loop
@@ -153,6 +167,18 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 		go w.loop(w.epfd)
 	}
 	return nil
+}
+
+// watching reports whether pid is being watched.
+func (w *pidfdWatcher) watching(pid int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, wt := range w.watches {
+		if wt.pid == pid {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *pidfdWatcher) loop(epfd int) {
@@ -260,7 +286,11 @@ func (c *Container) publishExitLocked(p *Process) {
 		c.checkOOMLocked()
 	}
 	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
-	go p.finish(p.io)
+	if p.io.hasOutputCopies() {
+		go p.finish(p.io)
+	} else {
+		p.finish(p.io) // nothing to wait for: no goroutine per exit
+	}
 }
 
 // siginfoChild is the SIGCHLD view of siginfo_t on Linux (64-bit layout):
@@ -318,7 +348,12 @@ func openPidfd(pid int) (*pidfdHandle, error) {
 	return &pidfdHandle{fd: fd}, nil
 }
 
+// signal sends sig through the pidfd; without one (nil, or closed after
+// the exit was handled) the process is gone: ESRCH.
 func (h *pidfdHandle) signal(sig syscall.Signal) error {
+	if h == nil || h.fd < 0 {
+		return syscall.ESRCH
+	}
 	return unix.PidfdSendSignal(h.fd, sig, nil, 0)
 }
 

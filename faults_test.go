@@ -231,3 +231,41 @@ func TestInjectedExecFaults(t *testing.T) {
 		})
 	}
 }
+
+// A Wait begun while an exec's start is under way returns when that start
+// fails, instead of waiting for an exit that will never come.
+func TestWaitDuringFailingStartReturns(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	rt := faultrunc.New(t)
+	e := newEnv(t)
+	c := e.sleeper(ctx, runckit.WithRuntime(rt.Path))
+	rt.Set(t, "exec", faultrunc.Fault{Action: faultrunc.Stall})
+	p, err := c.Exec(ctx, "doomed", runckittest.ProcessSpec("true"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCtx, cancelStart := context.WithCancel(ctx)
+	startErr := make(chan error, 1)
+	go func() { startErr <- p.Start(startCtx) }()
+	if err := rt.WaitStalled(ctx, "exec"); err != nil {
+		t.Fatal(err)
+	}
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := p.Wait(ctx)
+		waitErr <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let Wait block
+	cancelStart()                     // the caller gives up: runc is killed, the start fails
+	if err := <-startErr; err == nil {
+		t.Fatal("Start succeeded")
+	}
+	select {
+	case err := <-waitErr:
+		if !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("Wait = %v, want ErrFailedPrecondition", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait still blocked 10 s after the start failed")
+	}
+}

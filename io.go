@@ -95,6 +95,9 @@ func (s Stdio) validate() error {
 	if s.Terminal && (s.Stderr != nil || s.StderrPath != "") {
 		return fmt.Errorf("runckit: a terminal merges stderr into stdout; leave Stderr unset: %w", errdefs.ErrInvalidArgument)
 	}
+	if s.Terminal && (s.StdinPath != "" || s.StdoutPath != "") {
+		return fmt.Errorf("runckit: a terminal takes Stdin and Stdout readers/writers, not paths: %w", errdefs.ErrInvalidArgument)
+	}
 	for _, p := range []struct{ name, v string }{{"StdinPath", s.StdinPath}, {"StdoutPath", s.StdoutPath}, {"StderrPath", s.StderrPath}} {
 		if _, _, err := parseStdioPath(p.name, p.v); err != nil {
 			return err
@@ -120,9 +123,10 @@ type processIO struct {
 	drained     chan struct{} // closed, once, when every output copy has ended
 	drainedOnce sync.Once
 
-	mu     sync.Mutex // guards master and closed
-	master console.Console
-	closed bool
+	mu       sync.Mutex // guards master, masterIO and closed
+	master   console.Console
+	masterIO *os.File // non-blocking second fd of master, for the copies
+	closed   bool
 
 	outputs sync.WaitGroup
 	readEnd []*os.File // output read ends, force-closed when draining times out
@@ -402,10 +406,16 @@ func (pio *processIO) started(ctx context.Context) error {
 			pio.abortHost()
 			return fmt.Errorf("runckit: receive terminal master: %w", err)
 		}
+		masterIO, err := pollableMaster(master)
+		if err != nil {
+			master.Close()
+			pio.abortHost()
+			return fmt.Errorf("runckit: %w", err)
+		}
 		pio.mu.Lock()
-		pio.master = master
+		pio.master, pio.masterIO = master, masterIO
 		pio.mu.Unlock()
-		pio.addTerminalCopies(master)
+		pio.addTerminalCopies(masterIO)
 	}
 	for _, in := range pio.inputs {
 		go in()
@@ -457,7 +467,26 @@ func receiveMaster(ctx context.Context, sock *runc.Socket) (console.Console, err
 	}
 }
 
-func (pio *processIO) addTerminalCopies(master console.Console) {
+// pollableMaster returns a second descriptor of the terminal master, in
+// non-blocking mode, for the copies. runc sends a blocking fd, which Go
+// reads outside its poller, so closing it would not interrupt a blocked
+// Read; through the poller it does, which lets the drain timeout end the
+// copy when a daemonised child keeps the terminal open. The console keeps
+// the original for ioctls (its Fd does not change the mode back, because
+// os.NewFile saw it blocking).
+func pollableMaster(c console.Console) (*os.File, error) {
+	fd, err := unix.FcntlInt(c.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup terminal master: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("terminal master non-blocking: %w", err)
+	}
+	return os.NewFile(uintptr(fd), c.Name()), nil
+}
+
+func (pio *processIO) addTerminalCopies(master *os.File) {
 	if w := pio.stdio.Stdout; w != nil {
 		pio.copiers = append(pio.copiers, func() { io.Copy(w, master) })
 	} else {
@@ -466,6 +495,12 @@ func (pio *processIO) addTerminalCopies(master console.Console) {
 	if r := pio.stdio.Stdin; r != nil {
 		pio.inputs = append(pio.inputs, func() { io.Copy(master, r) })
 	}
+}
+
+// hasOutputCopies reports whether wait may have to wait for output: false
+// for a process whose outputs are files or /dev/null. Safe on nil.
+func (pio *processIO) hasOutputCopies() bool {
+	return pio != nil && len(pio.copiers) > 0
 }
 
 // resize sets the terminal's window size.
@@ -507,8 +542,8 @@ func (pio *processIO) wait(timeout time.Duration) error {
 			f.Close()
 		}
 		pio.mu.Lock()
-		if pio.master != nil {
-			pio.master.Close()
+		if pio.masterIO != nil {
+			pio.masterIO.Close()
 		}
 		pio.mu.Unlock()
 		<-pio.drained
@@ -526,6 +561,7 @@ func (pio *processIO) release() {
 	}
 	pio.closed = true
 	if pio.master != nil {
+		pio.masterIO.Close()
 		pio.master.Close()
 	}
 	for _, c := range pio.host {

@@ -2,6 +2,7 @@ package runckit_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -197,4 +198,35 @@ func TestTerminalResize(t *testing.T) {
 	if err := q.Resize(80, 24); err == nil {
 		t.Error("Resize of a process without a terminal succeeded")
 	}
+}
+
+// The drain timeout bounds Wait for a terminal too: a daemonised child
+// holding the terminal open does not keep Wait blocked.
+func TestDrainTimeoutBoundsTerminalWait(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx, runckit.WithDrainTimeout(300*time.Millisecond))
+	var out syncBuffer
+	p, err := c.Exec(ctx, "tdaemon", runckittest.ProcessSpec("sh", "-c", "echo before; sleep 30 & exit 2"), runckit.Stdio{Terminal: true, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// The kernel hangs the terminal up when its session leader exits, so
+	// the copy usually ends at once; either way Wait may not hang.
+	st, err := p.Wait(waitCtx)
+	if (err != nil && !errors.Is(err, runckit.ErrDrainTimeout)) || st.Code != 2 {
+		t.Fatalf("Wait = %v, %v; want exit code 2, at most with ErrDrainTimeout", st, err)
+	}
+	if !strings.Contains(out.String(), "before") {
+		t.Errorf("output = %q", out.String())
+	}
+	if err := c.Kill(ctx, syscall.SIGKILL, runckit.KillAll()); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait(ctx)
 }

@@ -78,8 +78,12 @@ type Process struct {
 
 	// done is closed once the exit event is published and output drained;
 	// status and waitErr are final then.
-	done    chan struct{}
-	waitErr error
+	done chan struct{}
+	// startFailed is made by each exec start attempt and closed if runc
+	// fails, so that a Wait begun during the attempt does not wait for an
+	// exit that will never come. Guarded by c.mu.
+	startFailed chan struct{}
+	waitErr     error
 }
 
 func newProcess(c *Container, id string, spec *specs.Process, stdio Stdio) *Process {
@@ -136,17 +140,21 @@ func (p *Process) Start(ctx context.Context) error {
 // output is still held open when the drain timeout expires, Wait returns the
 // status with ErrDrainTimeout.
 func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
+	var startFailed chan struct{}
 	if p.id != "" {
 		p.c.mu.Lock()
 		state := p.state
+		startFailed = p.startFailed
 		p.c.mu.Unlock()
-		if state == stateCreated {
+		if state == stateCreated || state == stateDeleted {
 			return ExitStatus{}, fmt.Errorf("runckit: wait for %s: not started: %w", p.name(), errdefs.ErrFailedPrecondition)
 		}
 	}
 	select {
 	case <-p.done:
 		return p.status, p.waitErr
+	case <-startFailed: // nil, and never ready, for init
+		return ExitStatus{}, fmt.Errorf("runckit: wait for %s: its start failed: %w", p.name(), errdefs.ErrFailedPrecondition)
 	case <-ctx.Done():
 		return ExitStatus{}, fmt.Errorf("runckit: wait for %s: %w", p.name(), ctx.Err())
 	}
@@ -238,6 +246,12 @@ func (p *Process) Delete(ctx context.Context) error {
 func (p *Process) onExit(st ExitStatus) {
 	c := p.c
 	c.mu.Lock()
+	if p.state == stateExited || p.state == stateDeleted {
+		// Already accounted for (an adoption that found the pid reused):
+		// an exit is never delivered twice.
+		c.mu.Unlock()
+		return
+	}
 	if p.state == stateStarting {
 		// runc start has not returned: the start event is not out yet.
 		p.heldExit = &st
@@ -269,6 +283,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		return err
 	}
 	p.state = stateStarting
+	p.startFailed = make(chan struct{})
 	c.activeExecs++
 	c.mu.Unlock()
 
@@ -278,6 +293,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	if err != nil {
 		c.mu.Lock()
 		p.state = stateCreated
+		close(p.startFailed)
 		c.execDoneLocked()
 		if c.initExited {
 			err = fmt.Errorf("runckit: start %s: init exited meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
@@ -302,7 +318,9 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.saveRecord()
 	if perr != nil {
 		// Can not happen short of fd exhaustion: the process is our unreaped
-		// child. Reap it here so that its exit is still accounted for.
+		// child, so its pid is still its own. Kill and reap it here so that
+		// its exit is still accounted for.
+		syscall.Kill(pid, syscall.SIGKILL)
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: %w", p.name(), perr)
 	}

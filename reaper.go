@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,11 +45,15 @@ var (
 	reapingOnce    sync.Once
 	reapingWatcher *ReapingExitWatcher
 	reapingErr     error
+	// activeReaper is reapingWatcher once it runs, for sharedExitWatcher.
+	activeReaper atomic.Pointer[ReapingExitWatcher]
 )
 
 // NewReapingExitWatcher returns the program's ReapingExitWatcher, starting it
 // on first use, and makes go-runc use its monitor. There is one per program:
-// reaping is a property of the process, not of a container.
+// reaping is a property of the process, not of a container. Call it before
+// any runc invocation (go-runc's monitor is a global), and from then on
+// containers given no watcher use it too.
 func NewReapingExitWatcher() (*ReapingExitWatcher, error) {
 	reapingOnce.Do(func() {
 		if err := becomeSubreaper(); err != nil {
@@ -66,6 +71,7 @@ func NewReapingExitWatcher() (*ReapingExitWatcher, error) {
 		runc.Monitor = &claimingMonitor{w: w}
 		go w.loop()
 		reapingWatcher = w
+		activeReaper.Store(w)
 	})
 	return reapingWatcher, reapingErr
 }
@@ -137,14 +143,11 @@ func (w *ReapingExitWatcher) unclaimed(pid int) bool {
 	if w.holds > 0 || w.claimed[pid] > 0 {
 		return false
 	}
-	w.pidfdWatcher.mu.Lock()
-	defer w.pidfdWatcher.mu.Unlock()
-	for _, wt := range w.pidfdWatcher.watches {
-		if wt.pid == pid {
-			return false
-		}
+	// Containers made before the reaper existed use the default watcher.
+	if dw := defaultWatcher.Load(); dw != nil && dw.watching(pid) {
+		return false
 	}
-	return true
+	return !w.pidfdWatcher.watching(pid)
 }
 
 // zombieChildPids lists this process's children that have exited and not

@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
 )
 
 // WithStateDir makes runckit keep a record of the container in dir: its
@@ -274,7 +275,11 @@ func LoadContainer(ctx context.Context, id string, opts ...Option) (_ *Container
 	if initRec.Exit != nil {
 		c.initExited = true
 	}
-	c.oom = c.watchOOM(c.init.pid)
+	oom := c.newOOMWatch(c.init.pid)
+	c.mu.Lock()
+	c.oom = oom
+	c.mu.Unlock()
+	oom.start()
 	for _, p := range watch {
 		c.adopt(p)
 	}
@@ -300,8 +305,30 @@ func (c *Container) adopt(p *Process) {
 	c.mu.Lock()
 	p.pidfd = h
 	c.mu.Unlock()
-	if err := c.watcher.Watch(p.pid, p.onExit); err != nil {
-		// Not watchable: the status could never be had anyway.
+	// Watch through the checked pidfd where the watcher allows it: an
+	// adopted process is not our child, so its pid is free for reuse the
+	// moment its real parent reaps it.
+	if pw, ok := c.watcher.(interface {
+		watchPidfd(fd, pid int, onExit func(ExitStatus)) error
+	}); ok {
+		fd, derr := unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+		if derr == nil {
+			derr = pw.watchPidfd(fd, p.pid, p.onExit)
+		}
+		if derr != nil {
+			p.onExit(unknown)
+		}
+		return
+	}
+	err = c.watcher.Watch(p.pid, p.onExit)
+	if err == nil {
+		// A custom watcher opened its own handle by number: make sure it
+		// still names the process checked above.
+		if st, serr := processStartTime(p.pid); serr != nil || st != p.startTime {
+			err = fmt.Errorf("pid %d was reused", p.pid)
+		}
+	}
+	if err != nil {
 		p.onExit(unknown)
 	}
 }
