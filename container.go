@@ -320,6 +320,9 @@ func (c *Container) Start(ctx context.Context) error {
 	c.mu.Unlock()
 
 	err := c.runtime.Start(ctx, c.id)
+	if err == nil {
+		awaitExecve(c.init.pid)
+	}
 
 	defer c.saveRecord() // after the unlock below: a held exit may be handled
 	c.mu.Lock()

@@ -103,7 +103,15 @@ func NewExitWatcher() (ExitWatcher, error) {
 	if err := becomeSubreaper(); err != nil {
 		return nil, err
 	}
-	return &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}, nil
+	return newPidfdWatcher(), nil
+}
+
+// newPidfdWatcher makes a watcher and registers it with the orphan reaper,
+// which must never reap what it watches.
+func newPidfdWatcher() *pidfdWatcher {
+	w := &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}
+	orphans.register(w)
+	return w
 }
 
 // sharedExitWatcher is the watcher of containers given none. Once the
@@ -117,7 +125,7 @@ func sharedExitWatcher() (ExitWatcher, error) {
 		return nil, err
 	}
 	defaultWatcherOnce.Do(func() {
-		defaultWatcher.Store(&pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)})
+		defaultWatcher.Store(newPidfdWatcher())
 	})
 	return defaultWatcher.Load(), nil
 }

@@ -295,12 +295,16 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		p.state = stateCreated
 		close(p.startFailed)
 		c.execDoneLocked()
-		if c.initExited {
+		switch {
+		case c.initExited:
 			err = fmt.Errorf("runckit: start %s: init exited meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
+		case c.deleting || c.deleted:
+			err = fmt.Errorf("runckit: start %s: container deleted meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
 		}
 		c.mu.Unlock()
 		return err
 	}
+	awaitExecve(pid)
 	pidfd, perr := openPidfd(pid)
 
 	c.mu.Lock()
@@ -437,5 +441,20 @@ func reapStray(pidFile string, kill bool) {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// awaitExecve waits, briefly, until pid runs the user's program. runc exec
+// and runc start can return while the process is still runc:[2:INIT],
+// which does not act on most signals yet: a Kill right after Start would be
+// lost. The pid is safe to read: the process is unreaped.
+func awaitExecve(pid int) {
+	comm := "/proc/" + strconv.Itoa(pid) + "/comm"
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		name, err := os.ReadFile(comm)
+		if err != nil || !strings.HasPrefix(string(name), "runc:[") || isZombie(pid) {
+			return
+		}
+		time.Sleep(200 * time.Microsecond)
 	}
 }

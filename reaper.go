@@ -17,137 +17,115 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ReapingExitWatcher is the ExitWatcher for a program dedicated to running
-// containers, such as a shim. Besides watching container processes through
-// pidfds as the default watcher does, it reaps every other child that
-// exits: orphans re-parented to the program, which is a subreaper, would
-// otherwise stay zombies.
+// orphanReaper reaps zombie children that nobody watches. As a child
+// subreaper the program inherits more than the container processes it
+// watches: when runc create or exec fails (a kill or delete raced it),
+// runc's own helpers (runc:[1:CHILD], runc:[2:INIT]) are re-parented here.
+// Left unreaped, a helper that was in the container's PID namespace keeps
+// the namespace's init from ever finishing its exit.
 //
-// It reaps only children nobody has claimed: processes being watched, runc
-// invocations (it installs a go-runc monitor that claims them) and, while a
-// runc create or exec is under way, everything, because the new process is
-// not claimed until runc has reported its pid. A program that also starts
-// children with os/exec directly must not use it: their exits could be
-// reaped before exec.Cmd.Wait sees them.
-type ReapingExitWatcher struct {
-	*pidfdWatcher
-
-	mu      sync.Mutex  // guards the fields below
-	claimed map[int]int // pid -> number of claims (runc commands)
-	holds   int         // runc create/exec invocations in flight
+// By default it reaps only such runc helpers, so the program's own
+// exec.Command children are never touched. A ReapingExitWatcher switches
+// it to reaping every unclaimed child.
+//
+// A zombie is reaped only if no watcher watches its pid, no go-runc command
+// claims it, and no runc create or exec is in flight (its new process is
+// not watched until runc has reported the pid).
+type orphanReaper struct {
+	mu       sync.Mutex  // guards the fields below
+	claimed  map[int]int // pid -> claims by go-runc commands (shim mode)
+	holds    int         // runc create/exec invocations in flight
+	reapAll  bool        // shim mode: reap every unclaimed zombie
+	watchers []*pidfdWatcher
+	started  bool
 
 	signals chan os.Signal
-	stop    chan struct{}
-	done    chan struct{}
 }
 
-var (
-	reapingOnce    sync.Once
-	reapingWatcher *ReapingExitWatcher
-	reapingErr     error
-	// activeReaper is reapingWatcher once it runs, for sharedExitWatcher.
-	activeReaper atomic.Pointer[ReapingExitWatcher]
-)
+// orphans is the program's one orphan reaper: SIGCHLD and subreaping are
+// properties of the process.
+var orphans = &orphanReaper{claimed: make(map[int]int), signals: make(chan os.Signal, 1)}
 
-// NewReapingExitWatcher returns the program's ReapingExitWatcher, starting it
-// on first use, and makes go-runc use its monitor. There is one per program:
-// reaping is a property of the process, not of a container. Call it before
-// any runc invocation (go-runc's monitor is a global), and from then on
-// containers given no watcher use it too.
-func NewReapingExitWatcher() (*ReapingExitWatcher, error) {
-	reapingOnce.Do(func() {
-		if err := becomeSubreaper(); err != nil {
-			reapingErr = err
-			return
-		}
-		w := &ReapingExitWatcher{
-			pidfdWatcher: &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)},
-			claimed:      make(map[int]int),
-			signals:      make(chan os.Signal, 1),
-			stop:         make(chan struct{}),
-			done:         make(chan struct{}),
-		}
-		signal.Notify(w.signals, syscall.SIGCHLD)
-		runc.Monitor = &claimingMonitor{w: w}
-		go w.loop()
-		reapingWatcher = w
-		activeReaper.Store(w)
-	})
-	return reapingWatcher, reapingErr
+// register adds a watcher whose pids must never be reaped as orphans, and
+// starts the reaper on first use.
+func (r *orphanReaper) register(w *pidfdWatcher) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watchers = append(r.watchers, w)
+	if !r.started {
+		r.started = true
+		signal.Notify(r.signals, syscall.SIGCHLD)
+		go r.loop()
+	}
 }
 
-// holdReaping stops orphan reaping until the returned func is called. The
-// container code holds it from a runc create or exec until the new
-// process's pid is watched.
-func (w *ReapingExitWatcher) holdReaping() (release func()) {
-	w.mu.Lock()
-	w.holds++
-	w.mu.Unlock()
+// holdReaping stops orphan reaping until the returned func is called.
+func (r *orphanReaper) holdReaping() (release func()) {
+	r.mu.Lock()
+	r.holds++
+	r.mu.Unlock()
 	return func() {
-		w.mu.Lock()
-		w.holds--
-		w.mu.Unlock()
-		w.kick() // orphans may have been skipped meanwhile
+		r.mu.Lock()
+		r.holds--
+		r.mu.Unlock()
+		r.kick() // zombies may have been skipped meanwhile
 	}
 }
 
-func (w *ReapingExitWatcher) claim(pid int) {
-	w.mu.Lock()
-	w.claimed[pid]++
-	w.mu.Unlock()
+func (r *orphanReaper) claim(pid int) {
+	r.mu.Lock()
+	r.claimed[pid]++
+	r.mu.Unlock()
 }
 
-func (w *ReapingExitWatcher) unclaim(pid int) {
-	w.mu.Lock()
-	if w.claimed[pid]--; w.claimed[pid] <= 0 {
-		delete(w.claimed, pid)
+func (r *orphanReaper) unclaim(pid int) {
+	r.mu.Lock()
+	if r.claimed[pid]--; r.claimed[pid] <= 0 {
+		delete(r.claimed, pid)
 	}
-	w.mu.Unlock()
+	r.mu.Unlock()
 }
 
-func (w *ReapingExitWatcher) kick() {
+func (r *orphanReaper) kick() {
 	select {
-	case w.signals <- syscall.SIGCHLD:
+	case r.signals <- syscall.SIGCHLD:
 	default:
 	}
 }
 
-func (w *ReapingExitWatcher) loop() {
-	defer close(w.done)
-	for {
-		select {
-		case <-w.stop:
-			return
-		case <-w.signals:
-			w.reapOrphans()
+// loop runs for the life of the program, like the SIGCHLD handler it is.
+func (r *orphanReaper) loop() {
+	for range r.signals {
+		for _, pid := range zombieChildPids() {
+			if r.reapable(pid) {
+				var ws unix.WaitStatus
+				unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			}
 		}
 	}
 }
 
-// reapOrphans reaps every zombie child that no one has claimed. It looks
-// before it reaps (through /proc) so that it never takes a claimed exit.
-func (w *ReapingExitWatcher) reapOrphans() {
-	for _, pid := range zombieChildPids() {
-		if !w.unclaimed(pid) {
-			continue
-		}
-		var ws unix.WaitStatus
-		unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+// reapable reports whether zombie pid may be reaped as an orphan. It looks
+// before it reaps, through /proc, so it never takes a claimed exit.
+func (r *orphanReaper) reapable(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.holds > 0 || r.claimed[pid] > 0 {
+		return false
 	}
+	for _, w := range r.watchers {
+		if w.watching(pid) {
+			return false
+		}
+	}
+	return r.reapAll || isRuncHelper(pid)
 }
 
-// unclaimed reports whether pid may be reaped as an orphan.
-func (w *ReapingExitWatcher) unclaimed(pid int) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.holds > 0 || w.claimed[pid] > 0 {
-		return false
-	}
-	// Containers made before the reaper existed use the default watcher.
-	if dw := defaultWatcher.Load(); dw != nil && dw.watching(pid) {
-		return false
-	}
-	return !w.pidfdWatcher.watching(pid)
+// isRuncHelper reports whether pid is one of runc's internal processes,
+// which rename themselves runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT].
+func isRuncHelper(pid int) bool {
+	comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	return err == nil && strings.HasPrefix(string(comm), "runc:[")
 }
 
 // zombieChildPids lists this process's children that have exited and not
@@ -178,22 +156,75 @@ func isZombie(pid int) bool {
 	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
 }
 
+// holdReaping holds orphan reaping across a runc invocation whose new
+// process is not watched yet. Every watcher needs it: the reaper runs
+// whatever watcher a container uses.
+func holdReaping(ExitWatcher) func() {
+	return orphans.holdReaping()
+}
+
+// ReapingExitWatcher is the ExitWatcher for a program dedicated to running
+// containers, such as a shim. Besides watching container processes through
+// pidfds as the default watcher does, it makes the program reap every
+// other child that exits: orphans re-parented to it, as a subreaper, would
+// otherwise stay zombies.
+//
+// It reaps only children nobody has claimed: processes being watched, runc
+// invocations (it installs a go-runc monitor that claims them) and, while a
+// runc create or exec is under way, everything. A program that also starts
+// children with os/exec directly must not use it: their exits could be
+// reaped before exec.Cmd.Wait sees them.
+type ReapingExitWatcher struct {
+	*pidfdWatcher
+}
+
+var (
+	reapingOnce    sync.Once
+	reapingWatcher *ReapingExitWatcher
+	reapingErr     error
+	// activeReaper is reapingWatcher once it runs, for sharedExitWatcher.
+	activeReaper atomic.Pointer[ReapingExitWatcher]
+)
+
+// NewReapingExitWatcher returns the program's ReapingExitWatcher, starting it
+// on first use, and makes go-runc use its monitor. There is one per program:
+// reaping is a property of the process, not of a container. Call it before
+// any runc invocation (go-runc's monitor is a global), and from then on
+// containers given no watcher use it too.
+func NewReapingExitWatcher() (*ReapingExitWatcher, error) {
+	reapingOnce.Do(func() {
+		if err := becomeSubreaper(); err != nil {
+			reapingErr = err
+			return
+		}
+		w := &ReapingExitWatcher{pidfdWatcher: newPidfdWatcher()}
+		orphans.mu.Lock()
+		orphans.reapAll = true
+		orphans.mu.Unlock()
+		runc.Monitor = claimingMonitor{}
+		reapingWatcher = w
+		activeReaper.Store(w)
+		orphans.kick()
+	})
+	return reapingWatcher, reapingErr
+}
+
 // claimingMonitor is the go-runc ProcessMonitor installed by the reaping
 // watcher: each runc invocation's pid is claimed from fork until
 // exec.Cmd.Wait has reaped it.
-type claimingMonitor struct{ w *ReapingExitWatcher }
+type claimingMonitor struct{}
 
-func (m *claimingMonitor) Start(cmd *exec.Cmd) (chan runc.Exit, error) {
+func (m claimingMonitor) Start(cmd *exec.Cmd) (chan runc.Exit, error) {
 	return m.start(cmd, false)
 }
 
-func (m *claimingMonitor) StartLocked(cmd *exec.Cmd) (chan runc.Exit, error) {
+func (m claimingMonitor) StartLocked(cmd *exec.Cmd) (chan runc.Exit, error) {
 	return m.start(cmd, true)
 }
 
-func (m *claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit, error) {
+func (claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit, error) {
 	// Hold reaping across the fork: the pid is unknown until Start returns.
-	release := m.w.holdReaping()
+	release := orphans.holdReaping()
 	started := make(chan error, 1)
 	ec := make(chan runc.Exit, 1)
 	go func() {
@@ -206,7 +237,7 @@ func (m *claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit,
 			started <- err
 			return
 		}
-		m.w.claim(cmd.Process.Pid)
+		orphans.claim(cmd.Process.Pid)
 		started <- nil
 		status := 0
 		if err := cmd.Wait(); err != nil {
@@ -216,7 +247,7 @@ func (m *claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit,
 				status = ee.ExitCode()
 			}
 		}
-		m.w.unclaim(cmd.Process.Pid)
+		orphans.unclaim(cmd.Process.Pid)
 		ec <- runc.Exit{Timestamp: time.Now(), Pid: cmd.Process.Pid, Status: status}
 		close(ec)
 	}()
@@ -228,21 +259,7 @@ func (m *claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit,
 	return ec, nil
 }
 
-func (m *claimingMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
+func (claimingMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
 	e := <-ec
 	return e.Status, nil
-}
-
-// reapHolder is implemented by watchers that reap orphans and so must be
-// told when a runc invocation may leave an unwatched child behind.
-type reapHolder interface {
-	holdReaping() (release func())
-}
-
-// holdReaping holds w's orphan reaping if it does any.
-func holdReaping(w ExitWatcher) func() {
-	if h, ok := w.(reapHolder); ok {
-		return h.holdReaping()
-	}
-	return func() {}
 }
