@@ -131,11 +131,9 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		return nil, fmt.Errorf("runckit: runtime %q not found (%v); install runc, e.g. \"apt-get install runc\", or name it with WithRuntime: %w",
 			cfg.runtime, err, errdefs.ErrUnavailable)
 	}
-	watcher := cfg.watcher
-	if watcher == nil {
-		if watcher, err = sharedExitWatcher(); err != nil {
-			return nil, err
-		}
+	watcher, err := cfg.exitWatcher()
+	if err != nil {
+		return nil, err
 	}
 	if err := reserveID(cfg.runtimeRoot, id); err != nil {
 		return nil, err

@@ -65,6 +65,14 @@ func defaultConfig() containerConfig {
 	}
 }
 
+// exitWatcher is the watcher the options name, or the shared default.
+func (c *containerConfig) exitWatcher() (ExitWatcher, error) {
+	if c.watcher != nil {
+		return c.watcher, nil
+	}
+	return sharedExitWatcher()
+}
+
 // WithEventSink sends the container's events to sink. The default discards
 // them.
 func WithEventSink(sink EventSink) Option {

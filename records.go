@@ -202,11 +202,9 @@ func LoadContainer(ctx context.Context, id string, opts ...Option) (_ *Container
 	if err := json.Unmarshal(data, &r); err != nil || r.ID != id {
 		return nil, fmt.Errorf("runckit: load container %q: record %s is corrupt: %v: %w", id, path, err, errdefs.ErrDataLoss)
 	}
-	watcher := cfg.watcher
-	if watcher == nil {
-		if watcher, err = sharedExitWatcher(); err != nil {
-			return nil, err
-		}
+	watcher, err := cfg.exitWatcher()
+	if err != nil {
+		return nil, err
 	}
 	if err := claimID(r.RuntimeRoot, id); err != nil {
 		return nil, err
