@@ -178,7 +178,11 @@ func processStartTime(pid int) (uint64, error) {
 // program's children, their exit status can not be collected and is
 // reported with Unknown set, never as a clean exit. The event stream of an
 // adopted container starts afresh with what happens after LoadContainer.
-func LoadContainer(ctx context.Context, id string, opts ...Option) (_ *Container, retErr error) {
+func LoadContainer(ctx context.Context, id string, opts ...Option) (*Container, error) {
+	return loadContainer(ctx, id, opts)
+}
+
+func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container, retErr error) {
 	if err := validateID("container", id); err != nil {
 		return nil, err
 	}
