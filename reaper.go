@@ -24,7 +24,8 @@ import (
 // Left unreaped, a helper that was in the container's PID namespace keeps
 // the namespace's init from ever finishing its exit.
 //
-// By default it reaps only such runc helpers, so the program's own
+// By default it reaps only such runc helpers and container processes (in a
+// PID namespace below ours) that nobody watches, so the program's own
 // exec.Command children are never touched. A ReapingExitWatcher switches
 // it to reaping every unclaimed child.
 //
@@ -118,7 +119,24 @@ func (r *orphanReaper) reapable(pid int) bool {
 			return false
 		}
 	}
-	return r.reapAll || isRuncHelper(pid)
+	return r.reapAll || isRuncHelper(pid) || inNestedPIDNamespace(pid)
+}
+
+// inNestedPIDNamespace reports whether pid lives in a PID namespace below
+// ours: a container process, never one of the program's own children. One
+// started behind runckit's back (runc exec --detach from a shell) would
+// otherwise stay a zombie and keep its namespace's init from exiting.
+func inNestedPIDNamespace(pid int) bool {
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			return len(strings.Fields(rest)) > 1
+		}
+	}
+	return false
 }
 
 // isRuncHelper reports whether pid is one of runc's internal processes,

@@ -97,3 +97,26 @@ func shimChild(t *testing.T) {
 		fmt.Println("SHIM OK")
 	}
 }
+
+// A process started in the container behind runckit's back (runc exec
+// --detach from a shell) is re-parented to this program; when it exits it
+// is reaped, or the container's init could never finish exiting.
+func TestStrayContainerProcessIsReaped(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	for i := 0; i < 3; i++ {
+		if out, err := exec.Command("runc", "--root", e.root, "exec", "-d", c.ID(), "true").CombinedOutput(); err != nil {
+			t.Fatalf("runc exec -d: %v: %s", err, out)
+		}
+	}
+	if err := c.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Wait(ctx); err != nil {
+		t.Fatalf("init's exit never came: %v", err)
+	}
+	if err := c.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
