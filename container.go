@@ -196,6 +196,9 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
 	c.events = newEventQueue(cfg.sink)
 	oom := c.newOOMWatch(pid)
+	if !c.hostPID {
+		c.undo = append(c.undo, manageNamespace(pid))
+	}
 	c.mu.Lock()
 	c.oom = oom
 	c.publishLocked(Event{Kind: EventCreate, Pid: pid})

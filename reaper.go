@@ -24,8 +24,8 @@ import (
 // Left unreaped, a helper that was in the container's PID namespace keeps
 // the namespace's init from ever finishing its exit.
 //
-// By default it reaps only such runc helpers and container processes (in a
-// PID namespace below ours) that nobody watches, so the program's own
+// By default it reaps only such runc helpers and processes of runckit's own
+// containers' PID namespaces that nobody watches, so the program's own
 // exec.Command children are never touched. A ReapingExitWatcher switches
 // it to reaping every unclaimed child.
 //
@@ -119,24 +119,57 @@ func (r *orphanReaper) reapable(pid int) bool {
 			return false
 		}
 	}
-	return r.reapAll || isRuncHelper(pid) || inNestedPIDNamespace(pid)
+	return r.reapAll || isRuncHelper(pid) || inManagedPIDNamespace(pid)
 }
 
-// inNestedPIDNamespace reports whether pid lives in a PID namespace below
-// ours: a container process, never one of the program's own children. One
-// started behind runckit's back (runc exec --detach from a shell) would
-// otherwise stay a zombie and keep its namespace's init from exiting.
-func inNestedPIDNamespace(pid int) bool {
-	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+// managedPIDNamespaces holds the PID namespaces of runckit's containers
+// (by inode), so that the reaper takes only their processes: a container
+// the program runs some other way (go-runc directly) stays its own.
+var managedPIDNamespaces = struct {
+	sync.Mutex
+	inodes map[uint64]int
+}{inodes: make(map[uint64]int)}
+
+// pidNamespaceOf returns the inode of pid's PID namespace.
+func pidNamespaceOf(pid int) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/"+strconv.Itoa(pid)+"/ns/pid", &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// manageNamespace marks the PID namespace of init pid as a runckit
+// container's; the returned func unmarks it.
+func manageNamespace(pid int) (release func()) {
+	ino, err := pidNamespaceOf(pid)
+	if err != nil {
+		return func() {}
+	}
+	managedPIDNamespaces.Lock()
+	managedPIDNamespaces.inodes[ino]++
+	managedPIDNamespaces.Unlock()
+	return func() {
+		managedPIDNamespaces.Lock()
+		if managedPIDNamespaces.inodes[ino]--; managedPIDNamespaces.inodes[ino] <= 0 {
+			delete(managedPIDNamespaces.inodes, ino)
+		}
+		managedPIDNamespaces.Unlock()
+	}
+}
+
+// inManagedPIDNamespace reports whether pid lives in the private PID
+// namespace of one of runckit's containers. Such a process started behind
+// runckit's back (runc exec --detach from a shell) is re-parented here and,
+// unreaped, would keep the namespace's init from ever finishing its exit.
+func inManagedPIDNamespace(pid int) bool {
+	ino, err := pidNamespaceOf(pid)
 	if err != nil {
 		return false
 	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			return len(strings.Fields(rest)) > 1
-		}
-	}
-	return false
+	managedPIDNamespaces.Lock()
+	defer managedPIDNamespaces.Unlock()
+	return managedPIDNamespaces.inodes[ino] > 0
 }
 
 // isRuncHelper reports whether pid is one of runc's internal processes,

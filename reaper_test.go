@@ -1,15 +1,19 @@
 package runckit_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runckit/runckit"
@@ -118,5 +122,37 @@ func TestStrayContainerProcessIsReaped(t *testing.T) {
 	}
 	if err := c.Delete(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A container the program runs with go-runc directly, beside runckit's, is
+// not runckit's to reap: its init's exit stays for the program's own wait4.
+func TestForeignContainerNotReaped(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	e.sleeper(ctx) // runckit is active: subreaper, orphan reaper running
+	bundle := runckittest.Bundle(t, runckittest.Spec(t, "sh", "-c", "exit 5"))
+	r := &runc.Runc{Root: e.root}
+	null, _ := runc.NewNullIO()
+	pidFile := filepath.Join(bundle, "pid")
+	if err := r.Create(ctx, "foreign", bundle, &runc.CreateOpts{IO: null, PidFile: pidFile}); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Delete(context.Background(), "foreign", &runc.DeleteOpts{Force: true})
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err := r.Start(ctx, "foreign"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let SIGCHLD reach the reaper
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
+		t.Fatalf("wait4 on the foreign init: %v (taken by runckit's reaper?)", err)
+	}
+	if ws.ExitStatus() != 5 {
+		t.Errorf("foreign init status %v, want exit 5", ws)
 	}
 }

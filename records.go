@@ -277,6 +277,9 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if initRec.Exit != nil {
 		c.initExited = true
 	}
+	if !c.hostPID && initRec.Exit == nil {
+		c.undo = append(c.undo, manageNamespace(c.init.pid))
+	}
 	oom := c.newOOMWatch(c.init.pid)
 	c.mu.Lock()
 	c.oom = oom
