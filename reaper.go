@@ -97,29 +97,46 @@ func (r *orphanReaper) kick() {
 // loop runs for the life of the program, like the SIGCHLD handler it is.
 func (r *orphanReaper) loop() {
 	for range r.signals {
+		deferred := false
 		for _, pid := range zombieChildPids() {
-			if r.reapable(pid) {
+			ok, held := r.reapable(pid)
+			if ok {
 				var ws unix.WaitStatus
 				unix.Wait4(pid, &ws, unix.WNOHANG, nil)
 			}
+			deferred = deferred || held
+		}
+		if deferred {
+			// A zombie waits only for runc invocations in flight; their
+			// release kicks the loop, and this looks again regardless, so
+			// no interleaving of kicks can strand it.
+			time.AfterFunc(orphanRescanDelay, r.kick)
 		}
 	}
 }
 
-// reapable reports whether zombie pid may be reaped as an orphan. It looks
-// before it reaps, through /proc, so it never takes a claimed exit.
-func (r *orphanReaper) reapable(pid int) bool {
+// orphanRescanDelay is how soon a zombie skipped while reaping was held is
+// looked at again.
+const orphanRescanDelay = 50 * time.Millisecond
+
+// reapable reports whether zombie pid may be reaped as an orphan, and
+// whether the answer was no only because reaping is held. It looks before
+// it reaps, through /proc, so it never takes a claimed exit.
+func (r *orphanReaper) reapable(pid int) (ok, held bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.holds > 0 || r.claimed[pid] > 0 {
-		return false
+	if r.holds > 0 {
+		return false, true
+	}
+	if r.claimed[pid] > 0 {
+		return false, false
 	}
 	for _, w := range r.watchers {
 		if w.watching(pid) {
-			return false
+			return false, false
 		}
 	}
-	return r.reapAll || isRuncHelper(pid) || inManagedPIDNamespace(pid)
+	return r.reapAll || isRuncHelper(pid) || inManagedPIDNamespace(pid), false
 }
 
 // managedPIDNamespaces holds the PID namespaces of runckit's containers

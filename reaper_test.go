@@ -85,7 +85,13 @@ func shimChild(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if z := zombieChildren(); len(z) > 0 {
-		t.Errorf("zombies left with the reaping watcher: %v", z)
+		var about []string
+		for _, pid := range z {
+			comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+			status, _ := os.ReadFile("/proc/" + pid + "/status")
+			about = append(about, fmt.Sprintf("%s %q %q", pid, strings.TrimSpace(string(comm)), lastLine(string(status), "NSpid")))
+		}
+		t.Errorf("zombies left with the reaping watcher: %v", about)
 	}
 	if err := c.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
