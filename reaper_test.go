@@ -38,6 +38,9 @@ func TestReapingWatcherReapsOrphansButNoWatchedExit(t *testing.T) {
 
 func shimChild(t *testing.T) {
 	ctx := runckittest.Context(t, 2*time.Minute)
+	// Everything that runs commands with os/exec comes first: from
+	// NewReapingExitWatcher on, this process reaps every unclaimed child.
+	runckittest.Rootfs(t)
 	w, err := runckit.NewReapingExitWatcher()
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +82,10 @@ func shimChild(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	// The orphaned sleeps end after 0.1 s; the reaper must collect them.
+	// The orphaned sleeps end after 0.1 s; the reaper must collect them, so
+	// wait until no sleep is left among our children, alive or zombie.
 	deadline := time.Now().Add(10 * time.Second)
-	for len(zombieChildren()) > 0 && time.Now().Before(deadline) {
+	for childrenNamed("sleep", c.Init().Pid()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if z := zombieChildren(); len(z) > 0 {
@@ -161,4 +165,23 @@ func TestForeignContainerNotReaped(t *testing.T) {
 	if ws.ExitStatus() != 5 {
 		t.Errorf("foreign init status %v, want exit 5", ws)
 	}
+}
+
+// childrenNamed counts this process's children, alive or zombie, whose
+// command name is comm, leaving out pid except.
+func childrenNamed(comm string, except int) int {
+	n := 0
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		data, _ := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
+		for _, pid := range strings.Fields(string(data)) {
+			if pid == strconv.Itoa(except) {
+				continue
+			}
+			if name, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(name)) == comm {
+				n++
+			}
+		}
+	}
+	return n
 }
