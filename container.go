@@ -113,11 +113,9 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err := validateID("container", id); err != nil {
 		return nil, err
 	}
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if err := o(&cfg); err != nil {
-			return nil, err
-		}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	if err := cfg.stdio.validate(); err != nil {
 		return nil, err

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -182,10 +181,7 @@ func classifyRuntimeMessage(msg string) error {
 	return errdefs.ErrUnknown
 }
 
-// errNotFoundDeleted is what every operation on a deleted container returns.
+// errDeleted is what every operation on a deleted container returns.
 func errDeleted(containerID string) error {
 	return fmt.Errorf("runckit: container %q has been deleted: %w", containerID, errdefs.ErrNotFound)
 }
-
-// isKind reports whether err carries the errdefs kind.
-func isKind(err, kind error) bool { return errors.Is(err, kind) }

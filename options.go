@@ -65,6 +65,17 @@ func defaultConfig() containerConfig {
 	}
 }
 
+// newConfig applies opts to the defaults.
+func newConfig(opts []Option) (containerConfig, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return containerConfig{}, err
+		}
+	}
+	return cfg, nil
+}
+
 // exitWatcher is the watcher the options name, or the shared default.
 func (c *containerConfig) exitWatcher() (ExitWatcher, error) {
 	if c.watcher != nil {

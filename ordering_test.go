@@ -171,14 +171,7 @@ func startSleepers(t *testing.T, ctx context.Context, c *runckit.Container, n in
 func TestHostPIDNamespaceInitExitKillsExecs(t *testing.T) {
 	ctx := runckittest.Context(t, 2*time.Minute)
 	e := newEnv(t)
-	spec := runckittest.Spec(t, "sleep", "100000")
-	var ns []specs.LinuxNamespace
-	for _, n := range spec.Linux.Namespaces {
-		if n.Type != specs.PIDNamespace {
-			ns = append(ns, n)
-		}
-	}
-	spec.Linux.Namespaces = ns
+	spec := hostPIDSpec(t, "sleep", "100000")
 	c := e.create(ctx, spec)
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -297,4 +290,18 @@ func TestSlowSinkBlocksNothing(t *testing.T) {
 	if kinds(got) != "create start exec-added:quick exec-started:quick exit:quick exit delete" {
 		t.Errorf("events = %s", kinds(got))
 	}
+}
+
+// hostPIDSpec is runckittest.Spec without a PID namespace: the container
+// shares the host's, as DESIGN.md rule 7 is about.
+func hostPIDSpec(t *testing.T, args ...string) *specs.Spec {
+	spec := runckittest.Spec(t, args...)
+	var ns []specs.LinuxNamespace
+	for _, n := range spec.Linux.Namespaces {
+		if n.Type != specs.PIDNamespace {
+			ns = append(ns, n)
+		}
+	}
+	spec.Linux.Namespaces = ns
+	return spec
 }

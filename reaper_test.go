@@ -14,7 +14,6 @@ import (
 	"time"
 
 	runc "github.com/containerd/go-runc"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runckit/runckit"
 	"github.com/runckit/runckit/runckittest"
@@ -47,14 +46,7 @@ func shimChild(t *testing.T) {
 	}
 	e := newEnv(t)
 	// The host PID namespace: orphans of the execs are re-parented to us.
-	spec := runckittest.Spec(t, "sleep", "100000")
-	var ns []specs.LinuxNamespace
-	for _, n := range spec.Linux.Namespaces {
-		if n.Type != specs.PIDNamespace {
-			ns = append(ns, n)
-		}
-	}
-	spec.Linux.Namespaces = ns
+	spec := hostPIDSpec(t, "sleep", "100000")
 	c := e.create(ctx, spec, runckit.WithExitWatcher(w))
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -186,11 +186,9 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if err := validateID("container", id); err != nil {
 		return nil, err
 	}
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if err := o(&cfg); err != nil {
-			return nil, err
-		}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.stateDir == "" {
 		return nil, fmt.Errorf("runckit: load container %q: no state directory (WithStateDir): %w", id, errdefs.ErrInvalidArgument)
