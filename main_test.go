@@ -19,6 +19,16 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "runckit tests need real containers: %v\n", err)
 		os.Exit(1)
 	}
+	// Everything the suite makes lives under a private TMPDIR, so the mount
+	// check below counts only the suite's own mounts: another program's
+	// mount under /tmp can not fail it, and a leak of ours still does.
+	tmp, err := os.MkdirTemp("", "runckit-suite-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "suite temp dir: %v\n", err)
+		os.Exit(1)
+	}
+	os.Setenv("TMPDIR", tmp)
+	suiteTmp = tmp
 	fdsBefore := openFDs()
 	code := m.Run()
 	runckittest.Cleanup()
@@ -48,8 +58,14 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
+	if code == 0 && len(testMounts()) == 0 {
+		os.RemoveAll(tmp)
+	}
 	os.Exit(code)
 }
+
+// suiteTmp is the suite's private TMPDIR.
+var suiteTmp string
 
 func openFDs() int {
 	entries, _ := os.ReadDir("/proc/self/fd")
@@ -78,7 +94,7 @@ func testMounts() []string {
 	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], os.TempDir()+"/") {
+		if len(f) > 4 && strings.HasPrefix(f[4], suiteTmp+"/") {
 			out = append(out, f[4])
 		}
 	}
