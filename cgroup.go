@@ -70,7 +70,7 @@ type IOStats struct {
 // Stats reads the container's cgroup figures.
 func (c *Container) Stats(ctx context.Context) (*Stats, error) {
 	c.mu.Lock()
-	err := c.checkRunningLocked("stats")
+	err := c.checkLocked(opStats)
 	pid := c.init.pid
 	c.mu.Unlock()
 	if err != nil {

@@ -70,10 +70,7 @@ func (c *Container) Checkpoint(ctx context.Context, o CheckpointOptions) error {
 		return fmt.Errorf("runckit: checkpoint container %q: no image path: %w", c.id, errdefs.ErrInvalidArgument)
 	}
 	c.mu.Lock()
-	err := c.checkRunningLocked("checkpoint")
-	if err == nil && c.freeze != thawed && c.freeze != frozen {
-		err = fmt.Errorf("runckit: checkpoint container %q: container is %s: %w", c.id, c.freeze, errdefs.ErrFailedPrecondition)
-	}
+	err := c.checkLocked(opCheckpoint)
 	c.mu.Unlock()
 	if err != nil {
 		return err

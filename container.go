@@ -306,14 +306,9 @@ func (c *Container) publishLocked(e Event) {
 // Start starts the container's init process with runc start.
 func (c *Container) Start(ctx context.Context) error {
 	c.mu.Lock()
-	if c.deleted || c.deleting {
+	if err := c.checkLocked(opStart); err != nil {
 		c.mu.Unlock()
-		return errDeleted(c.id)
-	}
-	if c.init.state != stateCreated {
-		state := c.init.state
-		c.mu.Unlock()
-		return fmt.Errorf("runckit: start container %q: init is %s: %w", c.id, state, errdefs.ErrFailedPrecondition)
+		return err
 	}
 	c.init.state = stateStarting
 	c.mu.Unlock()
@@ -358,14 +353,8 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.deleted || c.deleting {
-		return nil, errDeleted(c.id)
-	}
-	if c.initExited {
-		return nil, fmt.Errorf("runckit: exec %q in container %q: init has exited: %w", execID, c.id, errdefs.ErrFailedPrecondition)
-	}
-	if c.freeze != thawed {
-		return nil, fmt.Errorf("runckit: exec %q in container %q: container is %s: %w", execID, c.id, c.freeze, errdefs.ErrFailedPrecondition)
+	if err := c.checkLocked(opExec); err != nil {
+		return nil, err
 	}
 	if _, ok := c.execs[execID]; ok {
 		return nil, fmt.Errorf("runckit: exec %q in container %q already exists: %w", execID, c.id, errdefs.ErrAlreadyExists)
@@ -384,8 +373,8 @@ func (c *Container) Process(execID string) (*Process, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.deleted {
-		return nil, errDeleted(c.id)
+	if err := c.checkLocked(opState); err != nil {
+		return nil, err
 	}
 	p, ok := c.execs[execID]
 	if !ok {
@@ -417,10 +406,10 @@ func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOp
 		o(&kc)
 	}
 	c.mu.Lock()
-	deleted := c.deleted
+	err := c.checkLocked(opKill)
 	c.mu.Unlock()
-	if deleted {
-		return errDeleted(c.id)
+	if err != nil {
+		return err
 	}
 	if err := c.runtime.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: kc.all}); err != nil {
 		return newRuntimeError(ctx, "kill", c.id, "", "", err)
@@ -449,8 +438,8 @@ func (c *Container) State(ctx context.Context) (ContainerState, error) {
 	st := ContainerState{ID: c.id, Bundle: c.bundle, Status: c.init.Status()}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.deleted {
-		return ContainerState{}, errDeleted(c.id)
+	if err := c.checkLocked(opState); err != nil {
+		return ContainerState{}, err
 	}
 	st.Pid = c.init.pid
 	for id := range c.execs {
@@ -469,16 +458,14 @@ func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 	for _, o := range opts {
 		o(&dc)
 	}
-	c.mu.Lock()
-	if c.deleted || c.deleting {
-		c.mu.Unlock()
-		return errDeleted(c.id)
+	op := opDelete
+	if dc.force {
+		op = opForceDelete
 	}
-	if !c.initExited && c.init.state != stateCreated && !dc.force {
-		state := c.init.state
+	c.mu.Lock()
+	if err := c.checkLocked(op); err != nil {
 		c.mu.Unlock()
-		return fmt.Errorf("runckit: delete container %q: init is %s; stop it or use DeleteForce: %w",
-			c.id, state, errdefs.ErrFailedPrecondition)
+		return err
 	}
 	c.deleting = true
 	c.mu.Unlock()

@@ -32,26 +32,21 @@ func (f freezeState) String() string {
 // Pause freezes every process of the container with runc pause and
 // publishes a pause event. Execs can not start while it is paused.
 func (c *Container) Pause(ctx context.Context) error {
-	return c.changeFreeze(ctx, "pause", thawed, freezing, frozen, EventPause, c.runtime.Pause)
+	return c.changeFreeze(ctx, opPause, "pause", thawed, freezing, frozen, EventPause, c.runtime.Pause)
 }
 
 // Resume thaws a paused container with runc resume and publishes a resume
 // event.
 func (c *Container) Resume(ctx context.Context) error {
-	return c.changeFreeze(ctx, "resume", frozen, thawing, thawed, EventResume, c.runtime.Resume)
+	return c.changeFreeze(ctx, opResume, "resume", frozen, thawing, thawed, EventResume, c.runtime.Resume)
 }
 
-func (c *Container) changeFreeze(ctx context.Context, step string, from, during, to freezeState, kind EventKind,
+func (c *Container) changeFreeze(ctx context.Context, op operation, step string, from, during, to freezeState, kind EventKind,
 	run func(context.Context, string) error) error {
 	c.mu.Lock()
-	if err := c.checkRunningLocked(step); err != nil {
+	if err := c.checkLocked(op); err != nil {
 		c.mu.Unlock()
 		return err
-	}
-	if c.freeze != from {
-		state := c.freeze
-		c.mu.Unlock()
-		return fmt.Errorf("runckit: %s container %q: container is %s: %w", step, c.id, state, errdefs.ErrFailedPrecondition)
 	}
 	c.freeze = during
 	c.mu.Unlock()
@@ -69,17 +64,6 @@ func (c *Container) changeFreeze(ctx context.Context, step string, from, during,
 	return nil
 }
 
-// checkRunningLocked refuses operations that need a live, started init.
-func (c *Container) checkRunningLocked(step string) error {
-	if c.deleted || c.deleting {
-		return errDeleted(c.id)
-	}
-	if c.initExited || c.init.state != stateRunning {
-		return fmt.Errorf("runckit: %s container %q: init is %s: %w", step, c.id, c.init.state, errdefs.ErrFailedPrecondition)
-	}
-	return nil
-}
-
 // runcCPUQuotaMin is the smallest CFS quota runc accepts, in microseconds.
 const runcCPUQuotaMin = 1000
 
@@ -91,7 +75,7 @@ func (c *Container) Update(ctx context.Context, r *specs.LinuxResources) error {
 		return fmt.Errorf("runckit: update container %q: %w", c.id, err)
 	}
 	c.mu.Lock()
-	err := c.checkRunningLocked("update")
+	err := c.checkLocked(opUpdate)
 	c.mu.Unlock()
 	if err != nil {
 		return err
@@ -148,11 +132,11 @@ type ProcessInfo struct {
 // process with its exec ID.
 func (c *Container) Pids(ctx context.Context) ([]ProcessInfo, error) {
 	c.mu.Lock()
-	if c.deleted || c.deleting {
-		c.mu.Unlock()
-		return nil, errDeleted(c.id)
-	}
+	err := c.checkLocked(opPids)
 	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	pids, err := c.runtime.Ps(ctx, c.id)
 	if err != nil {
 		return nil, newRuntimeError(ctx, "ps", c.id, "", "", err)
@@ -178,8 +162,24 @@ const StopSignalAnnotation = "org.opencontainers.image.stopSignal"
 
 // Stop sends the container's stop signal (StopSignalAnnotation in its spec,
 // or SIGTERM) to init, waits up to grace for it to exit, then kills every
-// process with SIGKILL. It returns init's exit status.
+// process with SIGKILL. It returns init's exit status. A paused container
+// is resumed first, so that its processes can act on the signal; on a
+// container whose init has already exited, Stop returns that exit.
 func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, error) {
+	c.mu.Lock()
+	err := c.checkLocked(opStop)
+	state := c.containerStateLocked()
+	c.mu.Unlock()
+	switch {
+	case err != nil:
+		return ExitStatus{}, err
+	case state == ctrStopped:
+		return c.Wait(ctx)
+	case state == ctrPaused:
+		if err := c.Resume(ctx); err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			return ExitStatus{}, fmt.Errorf("runckit: stop container %q: resume it first: %w", c.id, err)
+		}
+	}
 	if err := c.Kill(ctx, c.stopSignal); err != nil && !errdefs.IsNotFound(err) {
 		return ExitStatus{}, err
 	}

@@ -14,11 +14,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// processState is where a process is in its life. Transitions:
-//
-//	created --Start--> starting --runc ok--> running --reaped--> exited --Delete--> deleted
-//	                   starting --runc failed--> created (an exec may be started again)
-//	created --reaped (init killed before start)--> exited
+// processState is where a process is in its life; lifecycle.go holds the
+// moves and which operation may run in which state.
 type processState int
 
 const (
@@ -27,6 +24,7 @@ const (
 	stateRunning                      // the process runs; its exit is watched
 	stateExited                       // reaped; status is final
 	stateDeleted                      // removed from its container
+	numProcessStates
 )
 
 func (s processState) String() string {
@@ -143,11 +141,11 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 	var startFailed chan struct{}
 	if p.id != "" {
 		p.c.mu.Lock()
-		state := p.state
+		err := p.checkProcessLocked(opWait, pWait)
 		startFailed = p.startFailed
 		p.c.mu.Unlock()
-		if state == stateCreated || state == stateDeleted {
-			return ExitStatus{}, fmt.Errorf("runckit: wait for %s: not started: %w", p.name(), errdefs.ErrFailedPrecondition)
+		if err != nil {
+			return ExitStatus{}, err
 		}
 	}
 	select {
@@ -171,11 +169,8 @@ func (p *Process) Kill(ctx context.Context, sig syscall.Signal) error {
 	}
 	p.c.mu.Lock()
 	defer p.c.mu.Unlock()
-	if p.c.deleted {
-		return errDeleted(p.c.id)
-	}
-	if p.state != stateRunning {
-		return fmt.Errorf("runckit: kill %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
+	if err := p.checkProcessLocked(opExecProcess, pKill); err != nil {
+		return err
 	}
 	// Under the lock, so the pidfd can not be closed and its number reused
 	// by the exit handler meanwhile. pidfd_send_signal does not block.
@@ -220,14 +215,8 @@ func (p *Process) Delete(ctx context.Context) error {
 	c := p.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.deleted {
-		return errDeleted(c.id)
-	}
-	switch p.state {
-	case stateStarting, stateRunning:
-		return fmt.Errorf("runckit: delete %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
-	case stateDeleted:
-		return fmt.Errorf("runckit: delete %s: already deleted: %w", p.name(), errdefs.ErrNotFound)
+	if err := p.checkProcessLocked(opExecProcess, pDelete); err != nil {
+		return err
 	}
 	if p.state == stateExited {
 		// The exit is published, but Wait may still be draining output.
@@ -278,7 +267,7 @@ func (p *Process) finish(pio *processIO) {
 // and record state, never across runc.
 func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.mu.Lock()
-	if err := c.checkExecStartLocked(p); err != nil {
+	if err := p.checkProcessLocked(opExecStart, pStart); err != nil {
 		c.mu.Unlock()
 		return err
 	}
@@ -332,25 +321,6 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		pidfd.signal(syscall.SIGKILL)
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: watch exit: %w", p.name(), err)
-	}
-	return nil
-}
-
-func (c *Container) checkExecStartLocked(p *Process) error {
-	if c.deleted {
-		return errDeleted(c.id)
-	}
-	if c.deleting {
-		return fmt.Errorf("runckit: start %s: container is being deleted: %w", p.name(), errdefs.ErrFailedPrecondition)
-	}
-	if p.state != stateCreated {
-		return fmt.Errorf("runckit: start %s: process is %s: %w", p.name(), p.state, errdefs.ErrFailedPrecondition)
-	}
-	if c.initExited || c.init.state != stateRunning {
-		return fmt.Errorf("runckit: start %s: container init is %s: %w", p.name(), c.init.state, errdefs.ErrFailedPrecondition)
-	}
-	if c.freeze != thawed {
-		return fmt.Errorf("runckit: start %s: container is %s: %w", p.name(), c.freeze, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
