@@ -58,6 +58,7 @@ func (c *Container) changeFreeze(ctx context.Context, step string, from, during,
 
 	err := run(ctx, c.id)
 
+	defer c.saveRecord() // after the unlock: the record keeps the last event's Seq
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
