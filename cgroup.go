@@ -352,6 +352,12 @@ func (c *Container) newOOMWatch(pid int) *oomWatch {
 	if err != nil {
 		return nil
 	}
+	return c.newOOMWatchOn(cg)
+}
+
+// newOOMWatchOn prepares OOM watching on cg, found by a caller that made
+// sure it is the container's (adoption, where init is not our child).
+func (c *Container) newOOMWatchOn(cg oomSource) *oomWatch {
 	w := &oomWatch{c: c, cg: cg, fd: -1}
 	w.seen, _ = cg.oomKills()
 	return w
@@ -391,15 +397,20 @@ func (w *oomWatch) onNotify() {
 	w.c.mu.Lock()
 	found := w.c.checkOOMLocked()
 	w.c.mu.Unlock()
-	if !found {
-		// v1 signals when the OOM starts, before the kill is counted:
-		// look again once the killer has had time to act.
-		time.AfterFunc(oomRecheckDelay, func() {
-			w.c.mu.Lock()
-			w.c.checkOOMLocked()
-			w.c.mu.Unlock()
-		})
+	if found {
+		w.c.saveRecord() // the record keeps the last event's Seq
+		return
 	}
+	// v1 signals when the OOM starts, before the kill is counted: look
+	// again once the killer has had time to act.
+	time.AfterFunc(oomRecheckDelay, func() {
+		w.c.mu.Lock()
+		found := w.c.checkOOMLocked()
+		w.c.mu.Unlock()
+		if found {
+			w.c.saveRecord()
+		}
+	})
 }
 
 // oomRecheckDelay is how long after an OOM notification the kill counter

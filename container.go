@@ -137,20 +137,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		return nil, err
 	}
 
-	c := &Container{
-		id:      id,
-		bundle:  bundle,
-		cfg:     cfg,
-		watcher: watcher,
-		execs:   make(map[string]*Process),
-		runtime: &runc.Runc{
-			Command:       runtimePath,
-			Root:          cfg.runtimeRoot,
-			Log:           filepath.Join(bundle, createLog),
-			LogFormat:     runc.JSON,
-			SystemdCgroup: cfg.runtimeOpts.SystemdCgroup,
-		},
-	}
+	c := makeContainer(id, bundle, runtimePath, cfg, watcher)
 	defer func() {
 		if retErr != nil {
 			c.runUndo()
@@ -161,7 +148,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
 			return nil, fmt.Errorf("runckit: state directory: %w", err)
 		}
-		c.rec = &recorder{path: recordPath(cfg.stateDir, id)}
+		c.rec = &recorder{path: recordPath(cfg.stateDir, cfg.runtimeRoot, id)}
 		c.undo = append(c.undo, c.rec.remove)
 	}
 	spec, err := c.prepareBundle()
@@ -222,6 +209,25 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		return nil, fmt.Errorf("runckit: %s container %q: watch init: %w", step, id, err)
 	}
 	return c, nil
+}
+
+// makeContainer builds the Container that NewContainer, Restore and
+// LoadContainer each go on to fill in: the one place its fields are set up.
+func makeContainer(id, bundle, runtimePath string, cfg containerConfig, watcher ExitWatcher) *Container {
+	return &Container{
+		id:      id,
+		bundle:  bundle,
+		cfg:     cfg,
+		watcher: watcher,
+		execs:   make(map[string]*Process),
+		runtime: &runc.Runc{
+			Command:       runtimePath,
+			Root:          cfg.runtimeRoot,
+			Log:           filepath.Join(bundle, createLog),
+			LogFormat:     runc.JSON,
+			SystemdCgroup: cfg.runtimeOpts.SystemdCgroup,
+		},
+	}
 }
 
 // runCreate runs runc create (or runc restore --detach) and returns init's
@@ -351,6 +357,7 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	if err := stdio.validate(); err != nil {
 		return nil, err
 	}
+	defer c.saveRecord() // after the unlock: the record keeps the last event's Seq
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.checkLocked(opExec); err != nil {

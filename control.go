@@ -53,6 +53,7 @@ func (c *Container) changeFreeze(ctx context.Context, op operation, step string,
 
 	err := run(ctx, c.id)
 
+	defer c.saveRecord() // after the unlock: the record keeps the last event's Seq
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {

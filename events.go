@@ -105,12 +105,28 @@ type eventQueue struct {
 }
 
 func newEventQueue(sink EventSink) *eventQueue {
+	return newEventQueueAfter(sink, 0)
+}
+
+// newEventQueueAfter is newEventQueue numbering from lastSeq+1: an adopted
+// container continues the sequence of the run that made it.
+func newEventQueueAfter(sink EventSink, lastSeq uint64) *eventQueue {
 	if sink == nil {
 		sink = discardSink{}
 	}
 	idle := make(chan struct{})
 	close(idle)
-	return &eventQueue{sink: sink, idle: idle}
+	return &eventQueue{sink: sink, idle: idle, seq: lastSeq}
+}
+
+// lastSeq is the Seq of the last event handed to the queue; safe on nil.
+func (q *eventQueue) lastSeq() uint64 {
+	if q == nil {
+		return 0
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.seq
 }
 
 // publish stamps e with the next sequence number and queues it. It reports

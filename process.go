@@ -291,6 +291,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 			err = fmt.Errorf("runckit: start %s: container deleted meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
 		}
 		c.mu.Unlock()
+		c.saveRecord() // init's exit may have been waiting for this exec
 		return err
 	}
 	awaitExecve(pid)

@@ -163,6 +163,12 @@ func manageNamespace(pid int) (release func()) {
 	if err != nil {
 		return func() {}
 	}
+	return manageNamespaceInode(ino)
+}
+
+// manageNamespaceInode marks the PID namespace with inode ino, found by a
+// caller that made sure whose it is (adoption, where init is not our child).
+func manageNamespaceInode(ino uint64) (release func()) {
 	managedPIDNamespaces.Lock()
 	managedPIDNamespaces.inodes[ino]++
 	managedPIDNamespaces.Unlock()

@@ -2,6 +2,8 @@ package runckit
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,14 +16,16 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
 
 // WithStateDir makes runckit keep a record of the container in dir: its
-// identity, the pids of its processes and every exit, written atomically
-// (temporary file and rename, mode 0600) as they happen. LoadContainer
-// uses it to re-attach to the container from a later run of the program.
+// identity, the pids and stdio paths of its processes, every exit and the
+// Seq of its last event, written atomically (temporary file and rename,
+// mode 0600) as they happen. LoadContainer uses it to re-attach to the
+// container from a later run of the program. The record is
+// dir/<id>@<root>.json, where <root> is a short hash of the absolute
+// runtime root: one ID in two runtime roots has two records.
 func WithStateDir(dir string) Option {
 	return func(c *containerConfig) error {
 		if dir == "" || !filepath.IsAbs(dir) {
@@ -43,6 +47,9 @@ type record struct {
 	StopSignal  int                      `json:"stop_signal"`
 	Mounts      []string                 `json:"mounts,omitempty"` // rootfs mount targets, unmounted by Delete
 	Processes   map[string]processRecord `json:"processes"`        // by exec ID; "" is init
+	// Seq is that of the last event handed to the sink, so that the events
+	// of a later run continue the numbering.
+	Seq uint64 `json:"seq"`
 	// Version orders snapshots: a slower writer never overwrites a newer one.
 	Version uint64 `json:"version"`
 }
@@ -52,8 +59,33 @@ type processRecord struct {
 	// StartTime is the process's start time in clock ticks since boot
 	// (/proc/<pid>/stat field 22): with the pid, it names the process
 	// uniquely, so a reused pid is never taken for it.
-	StartTime uint64      `json:"start_time"`
-	Exit      *exitRecord `json:"exit,omitempty"`
+	StartTime uint64       `json:"start_time"`
+	Exit      *exitRecord  `json:"exit,omitempty"`
+	Stdio     *stdioRecord `json:"stdio,omitempty"`
+}
+
+// stdioRecord is what a shim needs to re-attach to a process's streams:
+// their paths. Readers and writers die with the program that gave them.
+type stdioRecord struct {
+	StdinPath  string `json:"stdin,omitempty"`
+	StdoutPath string `json:"stdout,omitempty"`
+	StderrPath string `json:"stderr,omitempty"`
+	Terminal   bool   `json:"terminal,omitempty"`
+}
+
+func stdioRecordOf(s Stdio) *stdioRecord {
+	r := stdioRecord{StdinPath: s.StdinPath, StdoutPath: s.StdoutPath, StderrPath: s.StderrPath, Terminal: s.Terminal}
+	if r == (stdioRecord{}) {
+		return nil
+	}
+	return &r
+}
+
+func (r *stdioRecord) stdio() Stdio {
+	if r == nil {
+		return Stdio{}
+	}
+	return Stdio{StdinPath: r.StdinPath, StdoutPath: r.StdoutPath, StderrPath: r.StderrPath, Terminal: r.Terminal}
 }
 
 type exitRecord struct {
@@ -80,7 +112,22 @@ type recorder struct {
 	written uint64
 }
 
-func recordPath(dir, id string) string { return filepath.Join(dir, id+".json") }
+// recordPath names the record of container id in runtime root. An ID is
+// unique only within a root, so the name carries the root too, hashed to
+// keep it short; '@' never occurs in an ID, so names can not collide.
+func recordPath(dir, root, id string) string {
+	sum := sha256.Sum256([]byte(normalRoot(root)))
+	return filepath.Join(dir, id+"@"+hex.EncodeToString(sum[:6])+".json")
+}
+
+// normalRoot is root as an absolute, clean path, so that two spellings of
+// one runtime root name one record.
+func normalRoot(root string) string {
+	if abs, err := filepath.Abs(root); err == nil {
+		return abs
+	}
+	return filepath.Clean(root)
+}
 
 // snapshotLocked captures the container's record; c.mu is held.
 func (c *Container) snapshotLocked() *record {
@@ -89,13 +136,15 @@ func (c *Container) snapshotLocked() *record {
 		ID: c.id, Bundle: c.bundle, Runtime: c.runtime.Command, RuntimeRoot: c.cfg.runtimeRoot,
 		Options: c.cfg.runtimeOpts, HostPID: c.hostPID, StopSignal: int(c.stopSignal), Mounts: c.mounts,
 		Processes: make(map[string]processRecord, len(c.execs)+1),
-		Version:   c.recordVersion,
+		// Events are published under c.mu too: this is the last one queued.
+		Seq:     c.events.lastSeq(),
+		Version: c.recordVersion,
 	}
 	add := func(p *Process) {
 		if p.pid == 0 {
 			return
 		}
-		pr := processRecord{Pid: p.pid, StartTime: p.startTime}
+		pr := processRecord{Pid: p.pid, StartTime: p.startTime, Stdio: stdioRecordOf(p.stdio)}
 		if p.state == stateExited || p.state == stateDeleted {
 			pr.Exit = exitRecordOf(p.status)
 		}
@@ -171,13 +220,21 @@ func processStartTime(pid int) (uint64, error) {
 }
 
 // LoadContainer re-attaches to container id, made by an earlier run of the
-// program with WithStateDir; pass the same WithStateDir. Kill, Pause, Exec,
-// Stats, Delete and the rest work as on a container made by this run.
+// program with WithStateDir; pass the same WithStateDir, and the same
+// WithRuntimeRoot if one was given. Kill, Pause, Exec, Stats, Delete and
+// the rest work as on a container made by this run.
+//
+// The container comes back in the state runc and the record agree on:
+// created (Start runs it), running, paused (Resume thaws it) or stopped.
 // Exits recorded earlier are what Wait returns for those processes.
 // Processes still alive are watched again; as they are no longer this
 // program's children, their exit status can not be collected and is
-// reported with Unknown set, never as a clean exit. The event stream of an
-// adopted container starts afresh with what happens after LoadContainer.
+// reported with Unknown set, never as a clean exit; so is the exit of a
+// process that ended while no run of the program watched it. Events
+// continue the earlier run's Seq numbering with what happens from
+// LoadContainer on. Each process's Stdio holds the stream paths it was
+// given, for a shim to re-attach to; readers and writers do not survive a
+// restart.
 func LoadContainer(ctx context.Context, id string, opts ...Option) (*Container, error) {
 	return loadContainer(ctx, id, opts)
 }
@@ -193,16 +250,22 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if cfg.stateDir == "" {
 		return nil, fmt.Errorf("runckit: load container %q: no state directory (WithStateDir): %w", id, errdefs.ErrInvalidArgument)
 	}
-	path := recordPath(cfg.stateDir, id)
+	path := recordPath(cfg.stateDir, cfg.runtimeRoot, id)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("runckit: load container %q: no record at %s: %w", id, path, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("runckit: load container %q: no record of it in runtime root %s (%s): %w",
+			id, cfg.runtimeRoot, path, errdefs.ErrNotFound)
 	} else if err != nil {
 		return nil, fmt.Errorf("runckit: load container %q: %w", id, err)
 	}
 	var r record
-	if err := json.Unmarshal(data, &r); err != nil || r.ID != id {
-		return nil, fmt.Errorf("runckit: load container %q: record %s is corrupt: %v: %w", id, path, err, errdefs.ErrDataLoss)
+	if err := json.Unmarshal(data, &r); err != nil || r.ID != id || normalRoot(r.RuntimeRoot) != normalRoot(cfg.runtimeRoot) {
+		return nil, fmt.Errorf("runckit: load container %q: record %s is corrupt or not of runtime root %s: %v: %w",
+			id, path, cfg.runtimeRoot, err, errdefs.ErrDataLoss)
+	}
+	initRec, ok := r.Processes[""]
+	if !ok {
+		return nil, fmt.Errorf("runckit: load container %q: record has no init process: %w", id, errdefs.ErrDataLoss)
 	}
 	watcher, err := cfg.exitWatcher()
 	if err != nil {
@@ -211,27 +274,25 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if err := claimID(r.RuntimeRoot, id); err != nil {
 		return nil, err
 	}
-	cfg.runtimeRoot, cfg.runtimeOpts = r.RuntimeRoot, r.Options
-	c := &Container{
-		id: id, bundle: r.Bundle, cfg: cfg, watcher: watcher,
-		execs:      make(map[string]*Process),
-		hostPID:    r.HostPID,
-		stopSignal: syscall.Signal(r.StopSignal),
-		runtime: &runc.Runc{
-			Command: r.Runtime, Root: r.RuntimeRoot,
-			Log: filepath.Join(r.Bundle, createLog), LogFormat: runc.JSON,
-			SystemdCgroup: r.Options.SystemdCgroup,
-		},
-		rec:           &recorder{path: path, written: r.Version},
-		recordVersion: r.Version,
-	}
 	defer func() {
 		if retErr != nil {
 			releaseID(r.RuntimeRoot, id)
 		}
 	}()
-	if _, err := c.runtime.State(ctx, id); err != nil {
+	// The record's root is spelt as the earlier run spelt it: runc state
+	// and the ID registry use it as is.
+	cfg.runtimeRoot, cfg.runtimeOpts = r.RuntimeRoot, r.Options
+	c := makeContainer(id, r.Bundle, r.Runtime, cfg, watcher)
+	c.hostPID, c.stopSignal = r.HostPID, syscall.Signal(r.StopSignal)
+	c.rec, c.recordVersion = &recorder{path: path, written: r.Version}, r.Version
+
+	state, err := c.runtime.State(ctx, id)
+	if err != nil {
 		return nil, newRuntimeError(ctx, "state", id, "", "", err)
+	}
+	initState, freeze, err := adoptedInitState(state.Status)
+	if err != nil {
+		return nil, fmt.Errorf("runckit: load container %q: %w", id, err)
 	}
 	// Delete undoes what the earlier run's NewContainer did.
 	c.mounts = r.Mounts
@@ -244,19 +305,14 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 		c.undo = append(c.undo, func() { unmount(m) })
 	}
 	c.undo = append(c.undo, c.rec.remove)
-	c.events = newEventQueue(cfg.sink)
+	c.events = newEventQueueAfter(cfg.sink, r.Seq)
 
-	initRec, ok := r.Processes[""]
-	if !ok {
-		return nil, fmt.Errorf("runckit: load container %q: record has no init process: %w", id, errdefs.ErrDataLoss)
-	}
-	c.init = newProcess(c, "", nil, Stdio{})
-	c.init.state = stateRunning
+	c.init = newProcess(c, "", nil, initRec.Stdio.stdio())
 	var watch []*Process
 	for execID, pr := range r.Processes {
 		p := c.init
 		if execID != "" {
-			p = newProcess(c, execID, nil, Stdio{})
+			p = newProcess(c, execID, nil, pr.Stdio.stdio())
 			c.execs[execID] = p
 		}
 		p.pid, p.startTime = pr.Pid, pr.StartTime
@@ -274,34 +330,103 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	}
 	if initRec.Exit != nil {
 		c.initExited = true
+	} else {
+		c.init.state, c.freeze = initState, freeze
 	}
-	if !c.hostPID && initRec.Exit == nil {
-		c.undo = append(c.undo, manageNamespace(c.init.pid))
-	}
-	oom := c.newOOMWatch(c.init.pid)
-	c.mu.Lock()
-	c.oom = oom
-	c.mu.Unlock()
-	oom.start()
 	for _, p := range watch {
-		c.adopt(p)
+		// A process gone, or whose pid now names another, has its exit
+		// handled at once, as unknown.
+		h, err := checkedPidfd(p)
+		if err == nil && p == c.init {
+			c.attachInit(h)
+		}
+		c.adopt(p, h, err)
 	}
 	c.saveRecord()
 	return c, nil
 }
 
-// adopt watches a process recorded as running. If it is gone, or its pid
-// now names another process, its exit is handled at once as unknown.
-func (c *Container) adopt(p *Process) {
-	unknown := ExitStatus{Code: 255, Unknown: true, ExitedAt: time.Now()}
-	h, err := openPidfd(p.pid)
-	if err == nil {
-		if st, serr := processStartTime(p.pid); serr != nil || st != p.startTime {
-			h.close()
-			err = fmt.Errorf("pid %d was reused", p.pid)
-		}
+// adoptedInitState is init's state and the container's freeze state for
+// runc's status of it, when the record holds no exit of init. A stopped
+// container's init is taken as running: its watch reports the exit.
+func adoptedInitState(status string) (processState, freezeState, error) {
+	switch status {
+	case "created":
+		return stateCreated, thawed, nil
+	case "running", "stopped":
+		return stateRunning, thawed, nil
+	case "paused", "pausing":
+		// "pausing" is a freeze runc did not finish; runc resume thaws it.
+		return stateRunning, frozen, nil
 	}
+	return 0, 0, fmt.Errorf("runc reports status %q, which runckit does not know: %w", status, errdefs.ErrFailedPrecondition)
+}
+
+// checkedPidfd opens a pidfd for p's recorded pid and checks, by its start
+// time, that the pid still names p: a process started after the pidfd was
+// opened can not have p's start time, so the pidfd is p's.
+func checkedPidfd(p *Process) (*pidfdHandle, error) {
+	h, err := openPidfd(p.pid)
 	if err != nil {
+		return nil, err
+	}
+	if st, err := processStartTime(p.pid); err != nil || st != p.startTime {
+		h.close()
+		return nil, fmt.Errorf("pid %d was reused", p.pid)
+	}
+	return h, nil
+}
+
+// attachInit marks init's PID namespace as runckit's and arms the OOM watch
+// on init's cgroup, both read through /proc by pid. h is init's checked
+// pidfd: while it says init has not exited, the pid is init's, so what was
+// read is trusted only if h says so before and after. An init that exited
+// meanwhile needs neither: its namespace and cgroup are done.
+func (c *Container) attachInit(h *pidfdHandle) {
+	pid := c.init.pid
+	if !h.alive() {
+		return
+	}
+	nsErr := errors.New("shares the host PID namespace")
+	var ns uint64
+	if !c.hostPID {
+		ns, nsErr = pidNamespaceOf(pid)
+	}
+	cg, cgErr := oomSourceFor(pid)
+	if !h.alive() {
+		return
+	}
+	if nsErr == nil {
+		c.undo = append(c.undo, manageNamespaceInode(ns))
+	}
+	if cgErr == nil {
+		oom := c.newOOMWatchOn(cg)
+		c.mu.Lock()
+		c.oom = oom
+		c.mu.Unlock()
+		oom.start()
+	}
+}
+
+// alive reports whether the process behind the pidfd has not exited: a
+// pidfd becomes readable when its process exits.
+func (h *pidfdHandle) alive() bool {
+	fds := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err == nil && n == 0
+	}
+}
+
+// adopt watches a process recorded as running through h, its checked
+// pidfd; checkErr says why there is none, and the exit is handled at once
+// as unknown.
+func (c *Container) adopt(p *Process, h *pidfdHandle, checkErr error) {
+	unknown := ExitStatus{Code: 255, Unknown: true, ExitedAt: time.Now()}
+	if checkErr != nil {
 		p.onExit(unknown)
 		return
 	}
@@ -323,7 +448,7 @@ func (c *Container) adopt(p *Process) {
 		}
 		return
 	}
-	err = c.watcher.Watch(p.pid, p.onExit)
+	err := c.watcher.Watch(p.pid, p.onExit)
 	if err == nil {
 		// A custom watcher opened its own handle by number: make sure it
 		// still names the process checked above.
@@ -347,3 +472,9 @@ func recordStartTime(p *Process) {
 		p.c.mu.Unlock()
 	}
 }
+
+// Stdio returns the streams the process was given. For a process of a
+// container adopted with LoadContainer it holds the stream paths and
+// Terminal as the earlier run gave them, for a shim to re-attach to; the
+// readers and writers of the earlier run are gone.
+func (p *Process) Stdio() Stdio { return p.stdio }

@@ -59,11 +59,15 @@ func TestAdoptContainerFromEarlierRun(t *testing.T) {
 		t.Fatalf("creator printed no pids:\n%s", out)
 	}
 	pids := []int{initPid, sleeperPid}
-	record, err := os.ReadFile(filepath.Join(env.StateDir, env.ID+".json"))
+	paths, _ := filepath.Glob(filepath.Join(env.StateDir, env.ID+"@*.json"))
+	if len(paths) != 1 {
+		t.Fatalf("state dir holds records %v, want one named %s@<root>.json", paths, env.ID)
+	}
+	record, err := os.ReadFile(paths[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi, _ := os.Stat(filepath.Join(env.StateDir, env.ID+".json")); fi.Mode().Perm() != 0o600 {
+	if fi, _ := os.Stat(paths[0]); fi.Mode().Perm() != 0o600 {
 		t.Errorf("record mode = %v, want 0600", fi.Mode().Perm())
 	}
 	if !strings.Contains(string(record), `"quick"`) {
@@ -90,7 +94,7 @@ func TestAdoptContainerFromEarlierRun(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(env.StateDir, env.ID+".json")); err == nil {
+	if _, err := os.Stat(paths[0]); err == nil {
 		t.Error("record left after the adopter deleted the container")
 	}
 }
@@ -141,15 +145,15 @@ func adoptAdopter(t *testing.T, env adoptEnv) {
 	if _, err := runckit.LoadContainer(ctx, env.ID, runckit.WithRuntimeRoot(env.Root)); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("LoadContainer without a state dir = %v, want ErrInvalidArgument", err)
 	}
-	if _, err := runckit.LoadContainer(ctx, "no-such", runckit.WithStateDir(env.StateDir)); !errdefs.IsNotFound(err) {
+	if _, err := runckit.LoadContainer(ctx, "no-such", runckit.WithRuntimeRoot(env.Root), runckit.WithStateDir(env.StateDir)); !errdefs.IsNotFound(err) {
 		t.Errorf("LoadContainer of an unknown ID = %v, want ErrNotFound", err)
 	}
 	rec := &runckittest.Recorder{}
-	c, err := runckit.LoadContainer(ctx, env.ID, runckit.WithStateDir(env.StateDir), runckit.WithEventSink(rec))
+	c, err := runckit.LoadContainer(ctx, env.ID, runckit.WithRuntimeRoot(env.Root), runckit.WithStateDir(env.StateDir), runckit.WithEventSink(rec))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runckit.LoadContainer(ctx, env.ID, runckit.WithStateDir(env.StateDir)); !errdefs.IsAlreadyExists(err) {
+	if _, err := runckit.LoadContainer(ctx, env.ID, runckit.WithRuntimeRoot(env.Root), runckit.WithStateDir(env.StateDir)); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("second LoadContainer = %v, want ErrAlreadyExists", err)
 	}
 	quick, err := c.Process("quick")
