@@ -343,7 +343,13 @@ func (c *Container) Start(ctx context.Context) error {
 
 // Exec reserves an exec process with the given ID and spec; Start runs it.
 // A duplicate ID is ErrAlreadyExists; a container whose init has exited
-// takes no new execs (ErrFailedPrecondition).
+// takes no new execs (ErrFailedPrecondition), nor does a paused one.
+//
+// A created container, not yet started, takes execs too, as runc and
+// containerd allow: the exec joins init's namespaces and cgroup while init
+// still waits for Start, which is how a caller prepares a container (writes
+// files, waits for a dependency) before its program runs. Its exit comes
+// before init's like any exec's.
 func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process, stdio Stdio) (*Process, error) {
 	if err := validateID("exec", execID); err != nil {
 		return nil, err

@@ -269,3 +269,53 @@ func TestLifecycleTable(t *testing.T) {
 		})
 	}
 }
+
+// An exec runs in a created container before Start, and its exit comes
+// before init's.
+func TestExecInCreatedContainer(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.create(ctx, runckittest.Spec(t, "sh", "-c", "exit 3"))
+	var out strings.Builder
+	p, err := c.Exec(ctx, "prepare", runckittest.ProcessSpec("sh", "-c", "echo ready; exit 4"), runckit.Stdio{Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatalf("exec in a created container: %v", err)
+	}
+	if st, err := p.Wait(ctx); err != nil || st.Code != 4 || out.String() != "ready\n" {
+		t.Fatalf("exec = %v, %v, output %q; want code 4 and \"ready\"", st, err, out.String())
+	}
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.Wait(ctx); err != nil || st.Code != 3 {
+		t.Fatalf("init = %v, %v; want code 3", st, err)
+	}
+	if err := c.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(e.rec.Events()); got != "create exec-added:prepare exec-started:prepare exit:prepare start exit delete" {
+		t.Errorf("events = %s", got)
+	}
+}
+
+// Stop on a paused container resumes it, so the stop signal and the
+// SIGKILL after the grace period act, and returns init's exit.
+func TestStopPausedContainer(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	if err := c.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Stop(ctx, 200*time.Millisecond)
+	if err != nil || st.Signal == 0 {
+		t.Fatalf("Stop of a paused container = %v, %v; want a signal exit", st, err)
+	}
+	c.Flush(ctx)
+	if got := kinds(e.rec.Events()); !strings.HasPrefix(got, "create start pause resume exit") {
+		t.Errorf("events = %s", got)
+	}
+}

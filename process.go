@@ -206,8 +206,11 @@ func (p *Process) Resize(width, height uint16) error {
 	return pio.resize(width, height)
 }
 
-// Delete removes an exited exec from its container, freeing its ID. For
-// init it is Container.Delete.
+// Delete removes an exited exec from its container, freeing its ID. An exec
+// that was reserved but never started (or whose start failed) may be
+// deleted too: nothing runs, so nothing is published. A starting or running
+// exec is refused with ErrFailedPrecondition. For init it is
+// Container.Delete.
 func (p *Process) Delete(ctx context.Context) error {
 	if p.id == "" {
 		return p.c.Delete(ctx)
