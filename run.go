@@ -21,7 +21,8 @@ import (
 // Cmd is a command to run in a container, the counterpart of exec.Cmd for
 // the common case. Make one with Container.Command, adjust its fields, then
 // call Run, Output or CombinedOutput, once. Each run is an exec process with
-// a generated ID that is deleted when the run ends, so IDs do not pile up.
+// a generated ID ("run-1", "run-2"..., as its events show) that is deleted
+// when the run ends, so IDs do not pile up.
 // To start, signal and wait for a process yourself, or to give it a
 // terminal, use Container.Exec.
 type Cmd struct {
@@ -46,8 +47,9 @@ type Cmd struct {
 	used atomic.Bool
 }
 
-// ExitError reports that a command ran and did not exit with code 0, like
-// exec.ExitError. Get it with errors.As.
+// ExitError reports that a command ran but failed: it exited with a
+// non-zero code or was killed by a signal. Like exec.ExitError; get it with
+// errors.As.
 type ExitError struct {
 	ExitStatus
 	// Stderr holds the command's standard error when Output collected it
@@ -131,9 +133,10 @@ func (cmd *Cmd) Run(ctx context.Context) error {
 	return cmd.run(ctx, cmd.Stdout, cmd.Stderr)
 }
 
-// Output runs the command and returns its standard output, as Run does.
-// If Cmd.Stderr is nil, the standard error is collected into the
-// *ExitError that a failed command returns.
+// Output runs the command as Run does and returns its standard output,
+// all that was written even when it fails. If Cmd.Stderr is nil, the
+// standard error is collected into the *ExitError that a failed command
+// returns.
 func (cmd *Cmd) Output(ctx context.Context) ([]byte, error) {
 	if cmd.Stdout != nil {
 		return nil, fmt.Errorf("runckit: Output: Cmd.Stdout already set: %w", errdefs.ErrInvalidArgument)
@@ -153,8 +156,8 @@ func (cmd *Cmd) Output(ctx context.Context) ([]byte, error) {
 	return stdout.Bytes(), err
 }
 
-// CombinedOutput runs the command and returns its standard output and
-// standard error together, in the order they were written, as Run does.
+// CombinedOutput runs the command as Run does and returns its standard
+// output and standard error together, in the order they were written.
 func (cmd *Cmd) CombinedOutput(ctx context.Context) ([]byte, error) {
 	if cmd.Stdout != nil || cmd.Stderr != nil {
 		return nil, fmt.Errorf("runckit: CombinedOutput: Cmd.Stdout or Cmd.Stderr already set: %w", errdefs.ErrInvalidArgument)

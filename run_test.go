@@ -346,3 +346,30 @@ func TestCmdMisuse(t *testing.T) {
 	}
 	noExecsLeft(t, c)
 }
+
+// A command whose background child keeps its output open returns after the
+// drain timeout with what was written and ErrDrainTimeout, as Wait does,
+// whether its streams are separate pipes (Output) or one (CombinedOutput).
+func TestCmdDrainTimeout(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.create(ctx, runckittest.Spec(t, "sleep", "100000"), runckit.WithDrainTimeout(300*time.Millisecond))
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, run := range map[string]func(*runckit.Cmd) ([]byte, error){
+		"Output":         func(cmd *runckit.Cmd) ([]byte, error) { return cmd.Output(ctx) },
+		"CombinedOutput": func(cmd *runckit.Cmd) ([]byte, error) { return cmd.CombinedOutput(ctx) },
+	} {
+		begin := time.Now()
+		out, err := run(c.Command("sh", "-c", "sleep 1000 & echo hi"))
+		took := time.Since(begin)
+		if !errors.Is(err, runckit.ErrDrainTimeout) || string(out) != "hi\n" {
+			t.Errorf("%s = %q, %v; want %q and ErrDrainTimeout", name, out, err, "hi\n")
+		}
+		if took > 5*time.Second {
+			t.Errorf("%s took %v with a 300ms drain timeout", name, took)
+		}
+	}
+	noExecsLeft(t, c)
+}
