@@ -38,6 +38,9 @@ type Container struct {
 	mounts     []string       // rootfs mount targets, for the record
 	// undo reverses what NewContainer did outside runc (mounts, files).
 	undo []func()
+	// procTemplate is the spec's process, for ProcessSpec; nil for an
+	// adopted container, which reads it from the bundle instead.
+	procTemplate *specs.Process
 
 	init *Process
 
@@ -156,6 +159,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		return nil, err
 	}
 	c.hostPID = sharesHostPID(spec)
+	c.procTemplate = spec.Process
 	if c.stopSignal, err = parseStopSignal(spec); err != nil {
 		return nil, err
 	}
