@@ -147,6 +147,21 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 // Adoption uses it directly: its pidfd was checked to name the right
 // process, which a second pidfd_open by number could not promise.
 func (w *pidfdWatcher) watchPidfd(fd, pid int, onExit func(ExitStatus)) error {
+	// A host-PID container's process leads a session that its background
+	// children stay in: the reaper takes them by it once they are orphans.
+	// It is noted before the watch, while nothing can reap pid, so that its
+	// end is always noted after it; and outside w.mu, as the reaper takes
+	// its own lock before w.mu.
+	orphans.trackSession(pid)
+	if err := w.addWatch(fd, pid, onExit); err != nil {
+		orphans.endSession(pid)
+		return err
+	}
+	return nil
+}
+
+// addWatch registers the pidfd with the epoll loop.
+func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// The loop is started only once its first pidfd is registered, so a loop
@@ -214,6 +229,7 @@ func (w *pidfdWatcher) loop(epfd int) {
 			// soon as it is reaped, outside the lock (onExit takes
 			// container locks).
 			st := reapPidfd(wt.pidfd)
+			orphans.endSession(wt.pid)
 			idle = w.forget(epfd, wt)
 			wt.onExit(st)
 		}
