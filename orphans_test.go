@@ -78,11 +78,24 @@ func awaitNoZombies(d time.Duration, match func(zombieInfo) bool) []zombieInfo {
 func TestOrphansOfHostPIDContainerAreReaped(t *testing.T) {
 	ctx := runckittest.Context(t, time.Minute)
 	e := newEnv(t)
-	c := e.create(ctx, hostPIDSpec(t, "sh", "-c", "sleep 0.3 & sleep 0.3 & exit 0"))
+	// init exits once the exec below has run, leaving its sleeps behind.
+	c := e.create(ctx, hostPIDSpec(t, "sh", "-c", "sleep 0.3 & sleep 0.3 & while [ ! -e /tmp/go ]; do sleep 0.01; done; exit 0"))
 	init := c.Init().Pid()
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// An exec's background children are orphans of its session in turn.
+	p, err := c.Exec(ctx, "bg", runckittest.ProcessSpec("sh", "-c", "sleep 0.2 & touch /tmp/go; exit 3"), runckit.Stdio{})
+	if err == nil {
+		err = p.Start(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := p.Wait(ctx); err != nil || st.Code != 3 || st.Unknown {
+		t.Fatalf("exec = %v, %v; want exit code 3", st, err)
+	}
+	execPid := p.Pid()
 	st, err := c.Wait(ctx)
 	if err != nil || st.Code != 0 || st.Unknown {
 		t.Fatalf("init = %v, %v; want exit code 0", st, err)
@@ -93,7 +106,7 @@ func TestOrphansOfHostPIDContainerAreReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// runc makes init a session leader; its children stay in its session.
-	left := awaitNoZombies(2*time.Second, func(z zombieInfo) bool { return z.session == init })
+	left := awaitNoZombies(2*time.Second, func(z zombieInfo) bool { return z.session == init || z.session == execPid })
 	if len(left) > 0 {
 		t.Errorf("the container's orphans are zombies 2 s after Delete: %v", left)
 	}
@@ -235,5 +248,41 @@ func TestProgramOrphansReapedOwnExitsExact(t *testing.T) {
 	}
 	if _, err := c.Wait(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ReapProgramOrphans(false) gives the program its own zombies back: a child
+// forked without os/exec holds no pidfd, so the reaper can not tell it
+// from an orphan, and only with the program's orphans left alone does the
+// program's own wait4 get its status.
+func TestReapProgramOrphansOff(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	e.sleeper(ctx) // runckit is active: subreaper, orphan reaper running
+	runckit.ReapProgramOrphans(false)
+	defer runckit.ReapProgramOrphans(true)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One direct child without a pidfd, one orphan of a direct child.
+	pid, err := syscall.ForkExec(sh, []string{"sh", "-c", "exit 3"}, &syscall.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command("sh", "-c", "sleep 0.05 &").Run(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let SIGCHLD reach the reaper
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil || ws.ExitStatus() != 3 {
+		t.Errorf("wait4 on our own forked child = %v, %v; want exit 3 (taken by the reaper?)", ws, err)
+	}
+	if left := zombieChildInfo(); len(left) == 0 {
+		t.Errorf("the orphaned sleep was reaped although the program keeps its orphans")
+	}
+	runckit.ReapProgramOrphans(true)
+	if left := awaitNoZombies(2*time.Second, func(zombieInfo) bool { return true }); len(left) > 0 {
+		t.Errorf("zombies left once the program's orphans are reaped again: %v", left)
 	}
 }
