@@ -95,10 +95,11 @@ func becomeSubreaper() error {
 }
 
 // NewExitWatcher returns the pidfd-based watcher runckit uses by default. It
-// makes the program a child subreaper and never calls wait(-1), so the
-// program's own exec.Command children are unaffected. Containers share one
-// watcher unless WithExitWatcher says otherwise; a separate one is useful
-// only to isolate tests.
+// makes the program a child subreaper and starts the orphan reaper, with
+// the process-wide effects NewContainer describes. It never calls
+// wait(-1): the program's own exec.Command children keep their exits.
+// Containers share one watcher unless WithExitWatcher says otherwise; a
+// separate one is useful only to isolate tests.
 func NewExitWatcher() (ExitWatcher, error) {
 	if err := becomeSubreaper(); err != nil {
 		return nil, err

@@ -514,10 +514,11 @@ func holdReaping(ExitWatcher) func() {
 // otherwise stay zombies.
 //
 // It reaps only children nobody has claimed: processes being watched, runc
-// invocations (it installs a go-runc monitor that claims them) and, while a
-// runc create or exec is under way, everything. A program that also starts
-// children with os/exec directly must not use it: their exits could be
-// reaped before exec.Cmd.Wait sees them.
+// invocations (it installs a go-runc monitor that claims them), children a
+// pidfd of the program names (os/exec holds one until Wait) and, while a
+// runc create or exec is under way, everything. Children the program
+// forks without os/exec (syscall.ForkExec, cgo) hold no pidfd: their exits
+// could be reaped before the program waits for them.
 type ReapingExitWatcher struct {
 	*pidfdWatcher
 }
