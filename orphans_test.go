@@ -185,6 +185,56 @@ func TestCancelledCreateLeavesNoRuncZombie(t *testing.T) {
 	t.Logf("cancelled within %v: %d of 100 creates completed first; %d runc --version beside them, %d failed", span, created, versions.Load(), versionFailures.Load())
 }
 
+// A cancelled runc exec leaves runc's helpers behind as well, in the
+// program's session or the container's PID namespace; they are reaped, and
+// the container still ends with exact exits.
+func TestCancelledExecLeavesNoRuncZombie(t *testing.T) {
+	ctx := runckittest.Context(t, 2*time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	t0 := time.Now()
+	p, err := c.Exec(ctx, "probe", runckittest.ProcessSpec("true"), runckit.Stdio{})
+	if err == nil {
+		err = p.Start(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	span := time.Since(t0) * 6 / 5
+	if st, err := p.Wait(ctx); err != nil || !st.Success() {
+		t.Fatalf("probe exec = %v, %v", st, err)
+	}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	started := 0
+	for i := 0; i < 30; i++ {
+		p, err := c.Exec(ctx, fmt.Sprintf("x%d", i), runckittest.ProcessSpec("sh", "-c", "exit 6"), runckit.Stdio{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		time.AfterFunc(time.Duration(rng.Int63n(int64(span))), cancel)
+		err = p.Start(sctx)
+		cancel()
+		if err == nil {
+			started++
+			if st, err := p.Wait(ctx); err != nil || st.Code != 6 || st.Unknown {
+				t.Errorf("exec %d = %v, %v; want exit code 6", i, st, err)
+			}
+		}
+		if left := awaitNoZombies(2*time.Second, func(z zombieInfo) bool { return strings.HasPrefix(z.comm, "runc") }); len(left) > 0 {
+			t.Errorf("round %d: runc zombies left 2 s after a cancelled exec: %v", i, left)
+			break
+		}
+	}
+	if err := c.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.Wait(ctx); err != nil || st.Signal != syscall.SIGKILL {
+		t.Errorf("init = %v, %v; want killed by SIGKILL", st, err)
+	}
+	t.Logf("cancelled within %v: %d of 30 execs started first", span, started)
+}
+
 // The program's own children started with os/exec keep exact exit
 // statuses next to runckit, and what they leave behind in the background
 // (re-parented to the program, which runckit made a subreaper) does not
