@@ -104,7 +104,26 @@ func releaseID(root, id string) {
 // NewContainer creates container id from the OCI bundle in bundleDir with
 // runc create. When it returns, init exists but does not run the user's
 // program until Start. On failure nothing is left behind: no mount, file,
-// fd, goroutine or runtime state.
+// fd, goroutine (but the program-wide one below) or runtime state.
+//
+// The first container (with the default or a ReapingExitWatcher) changes
+// the program for the rest of its life, as a shim is changed:
+//   - it becomes a child subreaper (PR_SET_CHILD_SUBREAPER), so that init
+//     and execs are re-parented to it when runc exits. So are orphans of
+//     the program's other descendants: what an os/exec child leaves
+//     running in the background (sh -c 'sleep 1 &') becomes the
+//     program's child.
+//   - SIGCHLD is delivered to a runckit channel too (signal.Notify), and a
+//     goroutine that reaps orphans runs until the program exits.
+//   - That goroutine reaps zombie children nobody can wait for: runc's
+//     helpers, the orphans of runckit's containers and, unless
+//     ReapProgramOrphans(false) is called, the orphans of the program's own
+//     descendants. It never takes a child that a pidfd of the program names,
+//     so os/exec and os.StartProcess children keep their exits exactly;
+//     a child forked without them (syscall.ForkExec, cgo) may be taken.
+//   - A ReapingExitWatcher also replaces go-runc's global Monitor.
+//
+// runckittest.IgnoreRunckitGoroutines tells goleak about the goroutine.
 func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (*Container, error) {
 	return newContainer(ctx, id, bundleDir, nil, opts)
 }

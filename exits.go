@@ -95,10 +95,11 @@ func becomeSubreaper() error {
 }
 
 // NewExitWatcher returns the pidfd-based watcher runckit uses by default. It
-// makes the program a child subreaper and never calls wait(-1), so the
-// program's own exec.Command children are unaffected. Containers share one
-// watcher unless WithExitWatcher says otherwise; a separate one is useful
-// only to isolate tests.
+// makes the program a child subreaper and starts the orphan reaper, with
+// the process-wide effects NewContainer describes. It never calls
+// wait(-1): the program's own exec.Command children keep their exits.
+// Containers share one watcher unless WithExitWatcher says otherwise; a
+// separate one is useful only to isolate tests.
 func NewExitWatcher() (ExitWatcher, error) {
 	if err := becomeSubreaper(); err != nil {
 		return nil, err
@@ -147,6 +148,21 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 // Adoption uses it directly: its pidfd was checked to name the right
 // process, which a second pidfd_open by number could not promise.
 func (w *pidfdWatcher) watchPidfd(fd, pid int, onExit func(ExitStatus)) error {
+	// A host-PID container's process leads a session that its background
+	// children stay in: the reaper takes them by it once they are orphans.
+	// It is noted before the watch, while nothing can reap pid, so that its
+	// end is always noted after it; and outside w.mu, as the reaper takes
+	// its own lock before w.mu.
+	orphans.trackSession(pid)
+	if err := w.addWatch(fd, pid, onExit); err != nil {
+		orphans.endSession(pid)
+		return err
+	}
+	return nil
+}
+
+// addWatch registers the pidfd with the epoll loop.
+func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// The loop is started only once its first pidfd is registered, so a loop
@@ -214,6 +230,7 @@ func (w *pidfdWatcher) loop(epfd int) {
 			// soon as it is reaped, outside the lock (onExit takes
 			// container locks).
 			st := reapPidfd(wt.pidfd)
+			orphans.endSession(wt.pid)
 			idle = w.forget(epfd, wt)
 			wt.onExit(st)
 		}

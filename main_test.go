@@ -37,11 +37,7 @@ func TestMain(m *testing.M) {
 	if code == 0 && os.Getenv("RUNCKIT_SHIM_CHILD") == "" {
 		// The orphan reaper is the program's SIGCHLD handler: it lives as
 		// long as the program, by design.
-		if err := goleak.Find(
-			goleak.IgnoreTopFunction("github.com/runckit/runckit.(*orphanReaper).loop"),
-			goleak.IgnoreTopFunction("os/signal.signal_recv"),
-			goleak.IgnoreTopFunction("os/signal.loop"),
-		); err != nil {
+		if err := goleak.Find(runckittest.IgnoreRunckitGoroutines()...); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutines leaked: %v\n", err)
 			code = 1
 		}

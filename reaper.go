@@ -17,21 +17,37 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// orphanReaper reaps zombie children that nobody watches. As a child
+// orphanReaper reaps zombie children that nobody can wait for. As a child
 // subreaper the program inherits more than the container processes it
-// watches: when runc create or exec fails (a kill or delete raced it),
-// runc's own helpers (runc:[1:CHILD], runc:[2:INIT]) are re-parented here.
-// Left unreaped, a helper that was in the container's PID namespace keeps
-// the namespace's init from ever finishing its exit.
+// watches: runc's helpers when runc create or exec fails or is cancelled,
+// the background children of a host-PID container's processes, and the
+// background children of the program's own os/exec children. Left
+// unreaped they pile up as zombies; a helper that was in a container's PID
+// namespace keeps the namespace's init from ever finishing its exit.
 //
-// By default it reaps only such runc helpers and processes of runckit's own
-// containers' PID namespaces that nobody watches, so the program's own
-// exec.Command children are never touched. A ReapingExitWatcher switches
-// it to reaping every unclaimed child.
+// By default it reaps a zombie child that no watcher watches, no go-runc
+// command claims and no pidfd of this process names (os/exec holds one for
+// each child until Wait), when it is
+//   - one of runc's helpers: named runc:[...] at any stage, or plain runc
+//     before it renames itself, in the program's session;
+//   - in the private PID namespace of one of runckit's containers;
+//   - in the session of a process runckit watched in the host PID
+//     namespace: runc makes every container process a session leader, and
+//     its background children stay in its session;
+//   - an orphan of the program's own descendants: in the program's session
+//     and PID namespace (ReapProgramOrphans turns this off).
 //
-// A zombie is reaped only if no watcher watches its pid, no go-runc command
-// claims it, and no runc create or exec is in flight (its new process is
-// not watched until runc has reported the pid).
+// A container the program runs some other way is left alone: runc made its
+// processes session leaders of sessions runckit never watched.
+//
+// A cgroup would name a container's processes better than a session, but a
+// zombie has left its cgroups: /proc/<pid>/cgroup shows the root for it.
+//
+// A ReapingExitWatcher switches it to reaping every zombie child that is
+// not watched, claimed or named by a pidfd.
+//
+// Nothing is reaped while a runc create or exec is in flight: its new
+// process is not watched until runc has reported the pid.
 type orphanReaper struct {
 	mu       sync.Mutex  // guards the fields below
 	claimed  map[int]int // pid -> claims by go-runc commands (shim mode)
@@ -39,13 +55,49 @@ type orphanReaper struct {
 	reapAll  bool        // shim mode: reap every unclaimed zombie
 	watchers []*pidfdWatcher
 	started  bool
+	// keepProgramOrphans is set by ReapProgramOrphans(false).
+	keepProgramOrphans bool
+	// sessions are those led by processes runckit watched in the program's
+	// PID namespace: true while the leader is watched, false once it has
+	// exited, until no process of the session is left (so that a reused
+	// session id is never taken for runckit's).
+	sessions   map[int]bool
+	draining   int           // sessions whose leader has exited
+	pruneDelay time.Duration // until the next look for empty sessions
+	pruneArmed bool          // a timer will kick the loop to prune
 
 	signals chan os.Signal
 }
 
 // orphans is the program's one orphan reaper: SIGCHLD and subreaping are
 // properties of the process.
-var orphans = &orphanReaper{claimed: make(map[int]int), signals: make(chan os.Signal, 1)}
+var orphans = &orphanReaper{
+	claimed:  make(map[int]int),
+	sessions: make(map[int]bool),
+	signals:  make(chan os.Signal, 1),
+}
+
+// ReapProgramOrphans sets whether runckit reaps the orphans of the
+// program's own descendants. Once a container exists the program is a
+// child subreaper, so what its os/exec children leave running in the
+// background (sh -c 'sleep 1 &') is re-parented to it when they exit, and
+// stays a zombie unless someone reaps it. runckit does, by default: a
+// zombie in the program's session and PID namespace that no pidfd of the
+// program names. That is exact for children started with os/exec or
+// os.StartProcess, whose os.Process holds a pidfd until Wait: their exits
+// are never taken. It is not exact for children forked some other way
+// (syscall.ForkExec, cgo) or whose os.Process was Released, which a reaper
+// can not tell from orphans; a program that waits for such children by pid
+// should call ReapProgramOrphans(false) before its first container, and
+// reap its own orphans.
+func ReapProgramOrphans(on bool) {
+	orphans.mu.Lock()
+	orphans.keepProgramOrphans = !on
+	orphans.mu.Unlock()
+	if on {
+		orphans.kick()
+	}
+}
 
 // register adds a watcher whose pids must never be reaped as orphans, and
 // starts the reaper on first use.
@@ -98,8 +150,9 @@ func (r *orphanReaper) kick() {
 func (r *orphanReaper) loop() {
 	for range r.signals {
 		deferred := false
+		var self selfView
 		for _, pid := range zombieChildPids() {
-			ok, held := r.reapable(pid)
+			ok, held := r.reapable(pid, &self)
 			if ok {
 				var ws unix.WaitStatus
 				unix.Wait4(pid, &ws, unix.WNOHANG, nil)
@@ -112,6 +165,7 @@ func (r *orphanReaper) loop() {
 			// no interleaving of kicks can strand it.
 			time.AfterFunc(orphanRescanDelay, r.kick)
 		}
+		r.pruneSessions()
 	}
 }
 
@@ -122,21 +176,244 @@ const orphanRescanDelay = 50 * time.Millisecond
 // reapable reports whether zombie pid may be reaped as an orphan, and
 // whether the answer was no only because reaping is held. It looks before
 // it reaps, through /proc, so it never takes a claimed exit.
-func (r *orphanReaper) reapable(pid int) (ok, held bool) {
+func (r *orphanReaper) reapable(pid int, self *selfView) (ok, held bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.holds > 0 {
+		r.mu.Unlock()
 		return false, true
 	}
 	if r.claimed[pid] > 0 {
+		r.mu.Unlock()
 		return false, false
 	}
 	for _, w := range r.watchers {
 		if w.watching(pid) {
+			r.mu.Unlock()
 			return false, false
 		}
 	}
-	return r.reapAll || isRuncHelper(pid) || inManagedPIDNamespace(pid), false
+	reapAll, keepProgram := r.reapAll, r.keepProgramOrphans
+	r.mu.Unlock()
+
+	// The zombie was listed before the fds are read, and a pidfd made by
+	// clone exists before its child runs: a child that os/exec still waits
+	// for is always seen here.
+	if self.pidfdNames(pid) {
+		return false, false
+	}
+	if reapAll || isRuncHelper(pid) || inManagedPIDNamespace(pid) {
+		return true, false
+	}
+	sid, err := sessionOf(pid)
+	if err != nil {
+		return false, false
+	}
+	if sid != pid && r.inRunckitSession(sid) {
+		return true, false
+	}
+	if sid != self.session() || !self.sameNamespace(pid) {
+		return false, false
+	}
+	// runc's helper is plain "runc" until it renames itself runc:[0:PARENT]
+	// (a create cancelled that early leaves it so); a runc the program ran
+	// itself with os/exec holds a pidfd and was ruled out above.
+	return !keepProgram || commOf(pid) == "runc", false
+}
+
+// selfView is what one pass of the reaper learns about this process, read
+// once and only when needed.
+type selfView struct {
+	sid     int
+	ns      uint64
+	nsRead  bool
+	pidfds  map[int]bool
+	fdsRead bool
+	fdsOK   bool
+}
+
+func (s *selfView) session() int {
+	if s.sid == 0 {
+		s.sid, _ = unix.Getsid(0)
+	}
+	return s.sid
+}
+
+// sameNamespace reports whether pid shares this process's PID namespace.
+func (s *selfView) sameNamespace(pid int) bool {
+	if !s.nsRead {
+		s.nsRead = true
+		s.ns, _ = pidNamespaceOf(os.Getpid())
+	}
+	ino, err := pidNamespaceOf(pid)
+	return err == nil && s.ns != 0 && ino == s.ns
+}
+
+// pidfdNames reports whether a pidfd open in this process names pid: an
+// os/exec child not yet waited for. When the fds can not be read every
+// pid counts as named, so nothing is taken on a guess.
+func (s *selfView) pidfdNames(pid int) bool {
+	if !s.fdsRead {
+		s.fdsRead = true
+		s.pidfds, s.fdsOK = pidfdPids()
+	}
+	return !s.fdsOK || s.pidfds[pid]
+}
+
+// pidfdPids returns the pids named by the pidfds open in this process.
+func pidfdPids() (map[int]bool, bool) {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, false
+	}
+	pids := make(map[int]bool)
+	for _, fd := range fds {
+		if link, err := os.Readlink("/proc/self/fd/" + fd.Name()); err != nil || link != "anon_inode:[pidfd]" {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + fd.Name())
+		if err != nil {
+			continue // closed since the listing
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+				if pid, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && pid > 0 {
+					pids[pid] = true
+				}
+			}
+		}
+	}
+	return pids, true
+}
+
+// trackSession notes, when pid is a session leader in this program's PID
+// namespace (a host-PID container's process: runc made it one), that its
+// session is runckit's. A watcher calls it when it starts watching pid.
+func (r *orphanReaper) trackSession(pid int) {
+	if sid, err := sessionOf(pid); err != nil || sid != pid {
+		return
+	}
+	ns, err := pidNamespaceOf(pid)
+	if self, err2 := pidNamespaceOf(os.Getpid()); err != nil || err2 != nil || ns != self {
+		return // a private namespace is recognised as a whole
+	}
+	r.mu.Lock()
+	if watched, ok := r.sessions[pid]; ok && !watched {
+		r.draining--
+	}
+	r.sessions[pid] = true
+	r.mu.Unlock()
+}
+
+// endSession notes that the leader of session pid has exited: the session
+// stays runckit's until none of its processes is left.
+func (r *orphanReaper) endSession(pid int) {
+	r.mu.Lock()
+	if watched, ok := r.sessions[pid]; ok && watched {
+		r.sessions[pid] = false
+		r.draining++
+		r.pruneDelay = 0 // look soon
+	}
+	r.mu.Unlock()
+}
+
+func (r *orphanReaper) inRunckitSession(sid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.sessions[sid]
+	return ok
+}
+
+// Bounds of the delay between looks for sessions with no process left.
+const (
+	minPruneDelay = 100 * time.Millisecond
+	maxPruneDelay = 5 * time.Second
+)
+
+// pruneSessions forgets the sessions whose leader has exited and which no
+// process is left in. It runs after the pass that reaped their zombies; a
+// session with processes left is looked at again later, less and less
+// often. Until a session is forgotten its id can not be reused: a zombie
+// still holds it.
+func (r *orphanReaper) pruneSessions() {
+	r.mu.Lock()
+	if r.draining == 0 || r.pruneArmed {
+		r.mu.Unlock()
+		return
+	}
+	ended := make(map[int]bool)
+	for sid, watched := range r.sessions {
+		if !watched {
+			ended[sid] = true
+		}
+	}
+	r.mu.Unlock()
+
+	inUse := sessionsInUse(ended)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for sid := range ended {
+		if watched, ok := r.sessions[sid]; ok && !watched && !inUse[sid] {
+			delete(r.sessions, sid)
+			r.draining--
+		}
+	}
+	if r.draining == 0 {
+		r.pruneDelay = 0
+		return
+	}
+	r.pruneDelay = min(max(2*r.pruneDelay, minPruneDelay), maxPruneDelay)
+	r.pruneArmed = true
+	time.AfterFunc(r.pruneDelay, func() {
+		r.mu.Lock()
+		r.pruneArmed = false
+		r.mu.Unlock()
+		r.kick()
+	})
+}
+
+// sessionsInUse reports which of sids some process, zombies included, is
+// still in. If /proc can not be read, all of them are.
+func sessionsInUse(sids map[int]bool) map[int]bool {
+	inUse := make(map[int]bool)
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return sids
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if sid, err := sessionOf(pid); err == nil && sids[sid] {
+			inUse[sid] = true
+		}
+	}
+	return inUse
+}
+
+// sessionOf reads pid's session id from /proc/<pid>/stat; a zombie still
+// has one.
+func sessionOf(pid int) (int, error) {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// After the parenthesised name, which may hold anything: state ppid
+	// pgrp session.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 4 {
+		return 0, errors.New("malformed stat")
+	}
+	return strconv.Atoi(f[3])
+}
+
+func commOf(pid int) string {
+	comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	return strings.TrimSuffix(string(comm), "\n")
 }
 
 // managedPIDNamespaces holds the PID namespaces of runckit's containers
@@ -198,8 +475,7 @@ func inManagedPIDNamespace(pid int) bool {
 // isRuncHelper reports whether pid is one of runc's internal processes,
 // which rename themselves runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT].
 func isRuncHelper(pid int) bool {
-	comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-	return err == nil && strings.HasPrefix(string(comm), "runc:[")
+	return strings.HasPrefix(commOf(pid), "runc:[")
 }
 
 // zombieChildPids lists this process's children that have exited and not
@@ -244,10 +520,11 @@ func holdReaping(ExitWatcher) func() {
 // otherwise stay zombies.
 //
 // It reaps only children nobody has claimed: processes being watched, runc
-// invocations (it installs a go-runc monitor that claims them) and, while a
-// runc create or exec is under way, everything. A program that also starts
-// children with os/exec directly must not use it: their exits could be
-// reaped before exec.Cmd.Wait sees them.
+// invocations (it installs a go-runc monitor that claims them), children a
+// pidfd of the program names (os/exec holds one until Wait) and, while a
+// runc create or exec is under way, everything. Children the program
+// forks without os/exec (syscall.ForkExec, cgo) hold no pidfd: their exits
+// could be reaped before the program waits for them.
 type ReapingExitWatcher struct {
 	*pidfdWatcher
 }
