@@ -178,9 +178,12 @@ const StopSignalAnnotation = "org.opencontainers.image.stopSignal"
 
 // Stop sends the container's stop signal (StopSignalAnnotation in its spec,
 // or SIGTERM) to init, waits up to grace for it to exit, then kills every
-// process with SIGKILL. It returns init's exit status.
+// process with SIGKILL. It returns init's exit status, also when init had
+// exited, or was exiting, before the signal.
 func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, error) {
-	if err := c.Kill(ctx, c.stopSignal); err != nil && !errdefs.IsNotFound(err) {
+	// "not running" (ErrFailedPrecondition) means init has exited or is
+	// exiting: its exit is on its way, and is what Stop returns.
+	if err := c.Kill(ctx, c.stopSignal); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 		return ExitStatus{}, err
 	}
 	graceCtx, cancel := context.WithTimeout(ctx, grace)

@@ -39,7 +39,7 @@ type record struct {
 	Runtime     string                   `json:"runtime"`
 	RuntimeRoot string                   `json:"runtime_root"`
 	Options     RuntimeOptions           `json:"runtime_options"`
-	HostPID     bool                     `json:"host_pid"`
+	HostPID     bool                     `json:"host_pid"` // init does not own its PID namespace (Container.sharedPID)
 	StopSignal  int                      `json:"stop_signal"`
 	Mounts      []string                 `json:"mounts,omitempty"` // rootfs mount targets, unmounted by Delete
 	Processes   map[string]processRecord `json:"processes"`        // by exec ID; "" is init
@@ -87,7 +87,7 @@ func (c *Container) snapshotLocked() *record {
 	c.recordVersion++
 	r := &record{
 		ID: c.id, Bundle: c.bundle, Runtime: c.runtime.Command, RuntimeRoot: c.cfg.runtimeRoot,
-		Options: c.cfg.runtimeOpts, HostPID: c.hostPID, StopSignal: int(c.stopSignal), Mounts: c.mounts,
+		Options: c.cfg.runtimeOpts, HostPID: c.sharedPID, StopSignal: int(c.stopSignal), Mounts: c.mounts,
 		Processes: make(map[string]processRecord, len(c.execs)+1),
 		Version:   c.recordVersion,
 	}
@@ -208,6 +208,9 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if err != nil {
 		return nil, err
 	}
+	if root, err := normalizeRoot(r.RuntimeRoot); err == nil {
+		r.RuntimeRoot = root // one registry key per directory, as in NewContainer
+	}
 	if err := claimID(r.RuntimeRoot, id); err != nil {
 		return nil, err
 	}
@@ -215,11 +218,11 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	c := &Container{
 		id: id, bundle: r.Bundle, cfg: cfg, watcher: watcher,
 		execs:      make(map[string]*Process),
-		hostPID:    r.HostPID,
+		sharedPID:  r.HostPID,
 		stopSignal: syscall.Signal(r.StopSignal),
 		runtime: &runc.Runc{
 			Command: r.Runtime, Root: r.RuntimeRoot,
-			Log: filepath.Join(r.Bundle, createLog), LogFormat: runc.JSON,
+			Log: filepath.Join(r.Bundle, createLog(id)), LogFormat: runc.JSON,
 			SystemdCgroup: r.Options.SystemdCgroup,
 		},
 		rec:           &recorder{path: path, written: r.Version},
@@ -237,8 +240,8 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	c.mounts = r.Mounts
 	c.undo = []func(){func() {
 		os.Remove(filepath.Join(r.Bundle, optionsFile))
-		os.Remove(filepath.Join(r.Bundle, initPidFile))
-		os.Remove(filepath.Join(r.Bundle, createLog))
+		os.Remove(filepath.Join(r.Bundle, initPidFile(id)))
+		os.Remove(filepath.Join(r.Bundle, createLog(id)))
 	}}
 	for _, m := range r.Mounts {
 		c.undo = append(c.undo, func() { unmount(m) })
@@ -275,7 +278,7 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if initRec.Exit != nil {
 		c.initExited = true
 	}
-	if !c.hostPID && initRec.Exit == nil {
+	if !c.sharedPID && initRec.Exit == nil {
 		c.undo = append(c.undo, manageNamespace(c.init.pid))
 	}
 	oom := c.newOOMWatch(c.init.pid)
