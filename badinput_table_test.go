@@ -236,7 +236,7 @@ func TestBadInputTable(t *testing.T) {
 			_, err := runckit.NewContainer(ctx, "b-empty", "", runckit.WithRuntimeRoot(f.root))
 			return err
 		}},
-		{"bundle/missing", "InvalidArgument", func(t *testing.T) error {
+		{"bundle/missing", "NotFound", func(t *testing.T) error {
 			_, err := runckit.NewContainer(ctx, "b-missing", filepath.Join(t.TempDir(), "nope"), runckit.WithRuntimeRoot(f.root))
 			return err
 		}},
@@ -246,7 +246,7 @@ func TestBadInputTable(t *testing.T) {
 			_, err := runckit.NewContainer(ctx, "b-file", file, runckit.WithRuntimeRoot(f.root))
 			return err
 		}},
-		{"bundle/no-config", "InvalidArgument", func(t *testing.T) error { return f.newContainerIn(t, "b-noconfig", nil) }},
+		{"bundle/no-config", "NotFound", func(t *testing.T) error { return f.newContainerIn(t, "b-noconfig", nil) }},
 		{"bundle/config-not-json", "InvalidArgument", func(t *testing.T) error {
 			return f.newContainerIn(t, "b-notjson", withRawConfig("this is { not json"))
 		}},

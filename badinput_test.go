@@ -73,13 +73,13 @@ func TestBundleErrorsNamePath(t *testing.T) {
 	root := runckittest.RuntimeRoot(t)
 	missing := filepath.Join(t.TempDir(), "nope")
 	_, err := runckit.NewContainer(ctx, "b1", missing, runckit.WithRuntimeRoot(root))
-	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), missing) {
-		t.Errorf("missing bundle: %v, want ErrInvalidArgument naming %s", err, missing)
+	if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing bundle: %v, want ErrNotFound naming %s", err, missing)
 	}
 	empty := t.TempDir()
 	_, err = runckit.NewContainer(ctx, "b2", empty, runckit.WithRuntimeRoot(root))
-	if want := filepath.Join(empty, "config.json"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), want) {
-		t.Errorf("missing config.json: %v, want ErrInvalidArgument naming %s", err, want)
+	if want := filepath.Join(empty, "config.json"); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("missing config.json: %v, want ErrNotFound naming %s", err, want)
 	}
 }
 

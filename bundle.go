@@ -2,7 +2,9 @@ package runckit
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -12,7 +14,9 @@ import (
 )
 
 // checkBundle resolves the bundle path and checks that it is a directory
-// with a config.json (unless one is about to be written).
+// with a config.json (unless one is about to be written). A bundle or
+// config.json that does not exist is ErrNotFound; one that is not usable is
+// ErrInvalidArgument.
 func checkBundle(dir string, needConfig bool) (string, error) {
 	if dir == "" {
 		return "", fmt.Errorf("runckit: bundle path is empty: %w", errdefs.ErrInvalidArgument)
@@ -23,7 +27,7 @@ func checkBundle(dir string, needConfig bool) (string, error) {
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return "", fmt.Errorf("runckit: bundle %s: %v: %w", abs, err, errdefs.ErrInvalidArgument)
+		return "", fmt.Errorf("runckit: bundle %s: %v: %w", abs, err, statErrKind(err))
 	}
 	if !fi.IsDir() {
 		return "", fmt.Errorf("runckit: bundle %s is not a directory: %w", abs, errdefs.ErrInvalidArgument)
@@ -31,21 +35,30 @@ func checkBundle(dir string, needConfig bool) (string, error) {
 	if needConfig {
 		cfgPath := filepath.Join(abs, "config.json")
 		if _, err := os.Stat(cfgPath); err != nil {
-			return "", fmt.Errorf("runckit: bundle config %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
+			return "", fmt.Errorf("runckit: bundle config %s: %v: %w", cfgPath, err, statErrKind(err))
 		}
 	}
 	return abs, nil
 }
 
-// prepareBundle writes config.json when a spec was given, mounts the rootfs
-// mounts and writes the runtime options, recording how to undo each step.
-// It returns the spec the container will run.
+// statErrKind is the errdefs kind of a failure to find a bundle's file: a
+// path that does not exist is ErrNotFound, anything else (a permission, a
+// path through a file) ErrInvalidArgument.
+func statErrKind(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return errdefs.ErrNotFound
+	}
+	return errdefs.ErrInvalidArgument
+}
+
+// prepareBundle claims the bundle, writes config.json when a spec was
+// given, and mounts the rootfs mounts, recording how to undo each step. It
+// returns the spec the container will run.
 func (c *Container) prepareBundle() (*specs.Spec, error) {
 	// runckit keeps per-container files in the bundle, so a bundle serves
-	// one container at a time.
-	if _, err := os.Stat(filepath.Join(c.bundle, optionsFile)); err == nil {
-		return nil, fmt.Errorf("runckit: bundle %s is in use by another container (%s exists): delete that container, or adopt it with LoadContainer: %w",
-			c.bundle, optionsFile, errdefs.ErrAlreadyExists)
+	// one container at a time: claim it before touching anything in it.
+	if err := c.claimBundle(); err != nil {
+		return nil, err
 	}
 	cfgPath := filepath.Join(c.bundle, "config.json")
 	if c.cfg.spec != nil {
@@ -67,7 +80,7 @@ func (c *Container) prepareBundle() (*specs.Spec, error) {
 	}
 	data, err := os.ReadFile(cfgPath)
 	if err != nil {
-		return nil, fmt.Errorf("runckit: read %s: %v: %w", cfgPath, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("runckit: read %s: %v: %w", cfgPath, err, statErrKind(err))
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(data, &spec); err != nil {
@@ -88,20 +101,41 @@ func (c *Container) prepareBundle() (*specs.Spec, error) {
 		c.mounts = append(c.mounts, target)
 		c.undo = append(c.undo, func() { unmount(target) })
 	}
+	return &spec, nil
+}
+
+// claimBundle creates the bundle's options file (runckit.json) with
+// O_EXCL, which is what makes the bundle this container's: of two
+// NewContainer calls on one bundle, in this program or two, exactly one
+// creates it and the other fails with ErrAlreadyExists. Its undo removes the
+// claim and the container's own files, last of all.
+func (c *Container) claimBundle() error {
 	opts, err := json.Marshal(c.cfg.runtimeOpts)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	optsPath := filepath.Join(c.bundle, optionsFile)
-	if err := writeFileAtomic(optsPath, opts, 0o600); err != nil {
-		return nil, fmt.Errorf("runckit: write %s: %w", optsPath, err)
+	f, err := os.OpenFile(optsPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("runckit: bundle %s is in use by another container (%s exists): delete that container, or adopt it with LoadContainer: %w",
+			c.bundle, optionsFile, errdefs.ErrAlreadyExists)
+	}
+	if err != nil {
+		return fmt.Errorf("runckit: claim bundle: create %s: %w", optsPath, err)
 	}
 	c.undo = append(c.undo, func() {
-		os.Remove(optsPath)
-		os.Remove(filepath.Join(c.bundle, initPidFile))
-		os.Remove(filepath.Join(c.bundle, createLog))
+		os.Remove(filepath.Join(c.bundle, initPidFile(c.id)))
+		os.Remove(filepath.Join(c.bundle, createLog(c.id)))
+		os.Remove(optsPath) // the claim goes last: the bundle is free after it
 	})
-	return &spec, nil
+	_, err = f.Write(opts)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("runckit: write %s: %w", optsPath, err)
+	}
+	return nil
 }
 
 // runUndo reverses prepareBundle, last step first.
@@ -112,26 +146,21 @@ func (c *Container) runUndo() {
 	c.undo = nil
 }
 
-// sharesHostPID reports whether the spec leaves the process in the host's
-// PID namespace.
-func sharesHostPID(spec *specs.Spec) bool {
+// sharesPIDNamespace reports whether the spec puts init in a PID namespace
+// it does not own: the host's (no PID namespace of its own) or one joined by
+// path (another container's, say). Such a namespace outlives init, and so do
+// the container's other processes, which DESIGN.md rule 7 then has runckit
+// kill when init exits.
+func sharesPIDNamespace(spec *specs.Spec) bool {
 	if spec.Linux == nil {
 		return true
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == specs.PIDNamespace {
-			return ns.Path != "" && isHostPIDNamespace(ns.Path)
+			return ns.Path != ""
 		}
 	}
 	return true
-}
-
-func isHostPIDNamespace(path string) bool {
-	var a, b syscall.Stat_t
-	if syscall.Stat(path, &a) != nil || syscall.Stat("/proc/self/ns/pid", &b) != nil {
-		return false
-	}
-	return a.Ino == b.Ino && a.Dev == b.Dev
 }
 
 // writeFileAtomic writes data to a temporary file beside path and renames

@@ -16,11 +16,16 @@ import (
 )
 
 // Files runckit keeps in the bundle directory while the container exists.
-const (
-	optionsFile = "runckit.json"     // RuntimeOptions, mode 0600
-	initPidFile = "init.pid"         // written by runc create
-	createLog   = "runckit-log.json" // runc's JSON log for create and later steps
-)
+// The options file is the bundle's claim (see claimBundle); the others name
+// the container, so that a file left by another container can never be
+// taken for this one's.
+const optionsFile = "runckit.json" // RuntimeOptions, mode 0600
+
+// initPidFile is the file runc create writes init's pid to.
+func initPidFile(id string) string { return "init-" + id + ".pid" }
+
+// createLog is runc's JSON log for create and the container's later steps.
+func createLog(id string) string { return "runckit-log-" + id + ".json" }
 
 // Container is an OCI container created with runc. Its methods are safe for
 // concurrent use; operations on different processes run in parallel.
@@ -31,9 +36,10 @@ type Container struct {
 	runtime *runc.Runc
 	watcher ExitWatcher
 	events  *eventQueue
-	// hostPID is true when the container shares the host PID namespace, so
-	// that init's exit does not end the other processes (DESIGN.md rule 7).
-	hostPID    bool
+	// sharedPID is true when init does not own its PID namespace (the
+	// host's, or one joined by path), so that init's exit does not end the
+	// other processes: runckit kills them (DESIGN.md rule 7).
+	sharedPID  bool
 	stopSignal syscall.Signal // what Stop sends first
 	mounts     []string       // rootfs mount targets, for the record
 	// undo reverses what NewContainer did outside runc (mounts, files).
@@ -62,14 +68,18 @@ type Container struct {
 }
 
 // registry reserves container IDs per runtime root, so two NewContainer
-// calls with one ID can not both get as far as runc.
+// calls with one ID can not both get as far as runc. Roots are normalised
+// (normalizeRoot) before they get here, so that every spelling of one
+// directory is one key.
 var registry = struct {
 	sync.Mutex
 	ids map[string]struct{}
 }{ids: make(map[string]struct{})}
 
+func registryKey(root, id string) string { return root + "\x00" + id }
+
 func reserveID(root, id string) error {
-	key := root + "\x00" + id
+	key := registryKey(root, id)
 	registry.Lock()
 	defer registry.Unlock()
 	if _, ok := registry.ids[key]; ok {
@@ -85,7 +95,7 @@ func reserveID(root, id string) error {
 // claimID reserves an ID for a container that runc already has (adoption):
 // only a second claim within this program is a conflict.
 func claimID(root, id string) error {
-	key := root + "\x00" + id
+	key := registryKey(root, id)
 	registry.Lock()
 	defer registry.Unlock()
 	if _, ok := registry.ids[key]; ok {
@@ -97,8 +107,34 @@ func claimID(root, id string) error {
 
 func releaseID(root, id string) {
 	registry.Lock()
-	delete(registry.ids, root+"\x00"+id)
+	delete(registry.ids, registryKey(root, id))
 	registry.Unlock()
+}
+
+// normalizeRoot makes a runtime root absolute and clean, with the symlinks
+// of its existing part resolved: runc's state for a container lives in one
+// directory however the root is spelled ("/r", "/r/", "r", a link to /r),
+// and the registry must see one key for it.
+func normalizeRoot(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("runckit: runtime root %q: %v: %w", dir, err, errdefs.ErrInvalidArgument)
+	}
+	// Resolve the longest prefix that exists; the rest (a root runc has not
+	// made yet) is kept as written, already clean.
+	rest := ""
+	for p := abs; ; {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return abs, nil
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = parent
+	}
 }
 
 // NewContainer creates container id from the OCI bundle in bundleDir with
@@ -177,7 +213,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err != nil {
 		return nil, err
 	}
-	c.hostPID = sharesHostPID(spec)
+	c.sharedPID = sharesPIDNamespace(spec)
 	c.procTemplate = spec.Process
 	if c.stopSignal, err = parseStopSignal(spec); err != nil {
 		return nil, err
@@ -204,7 +240,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
 	c.events = newEventQueue(cfg.sink)
 	oom := c.newOOMWatch(pid)
-	if !c.hostPID {
+	if !c.sharedPID {
 		c.undo = append(c.undo, manageNamespace(pid))
 	}
 	c.mu.Lock()
@@ -246,7 +282,7 @@ func makeContainer(id, bundle, runtimePath string, cfg containerConfig, watcher 
 		runtime: &runc.Runc{
 			Command:       runtimePath,
 			Root:          cfg.runtimeRoot,
-			Log:           filepath.Join(bundle, createLog),
+			Log:           filepath.Join(bundle, createLog(id)),
 			LogFormat:     runc.JSON,
 			SystemdCgroup: cfg.runtimeOpts.SystemdCgroup,
 		},
@@ -262,7 +298,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 		return 0, nil, err
 	}
 	os.Remove(c.runtime.Log) // the log must hold this create's messages only
-	pidFile := filepath.Join(c.bundle, initPidFile)
+	pidFile := filepath.Join(c.bundle, initPidFile(c.id))
 	os.Remove(pidFile) // a stale pid must never be taken for this init's
 	step := "create"
 	if restore == nil {
@@ -288,7 +324,11 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 	if err != nil {
 		pio.abort()
 		rerr := newRuntimeError(ctx, step, c.id, "", c.runtime.Log, err)
-		c.forceDelete() // runc may leave a half-made container behind
+		// runc may leave a half-made container behind; but one that
+		// "already exists" is another's, made since reserveID looked.
+		if !errdefs.IsAlreadyExists(rerr) {
+			c.forceDelete()
+		}
 		reapStray(pidFile, false)
 		return 0, nil, rerr
 	}

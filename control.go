@@ -164,8 +164,8 @@ const StopSignalAnnotation = "org.opencontainers.image.stopSignal"
 // Stop sends the container's stop signal (StopSignalAnnotation in its spec,
 // or SIGTERM) to init, waits up to grace for it to exit, then kills every
 // process with SIGKILL. It returns init's exit status. A paused container
-// is resumed first, so that its processes can act on the signal; on a
-// container whose init has already exited, Stop returns that exit.
+// is resumed first, so that its processes can act on the signal; when init had
+// exited, or was exiting, before the signal, Stop returns that exit.
 func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, error) {
 	c.mu.Lock()
 	err := c.checkLocked(opStop)
@@ -181,7 +181,9 @@ func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, 
 			return ExitStatus{}, fmt.Errorf("runckit: stop container %q: resume it first: %w", c.id, err)
 		}
 	}
-	if err := c.Kill(ctx, c.stopSignal); err != nil && !errdefs.IsNotFound(err) {
+	// "not running" (ErrFailedPrecondition) means init has exited or is
+	// exiting: its exit is on its way, and is what Stop returns.
+	if err := c.Kill(ctx, c.stopSignal); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 		return ExitStatus{}, err
 	}
 	graceCtx, cancel := context.WithTimeout(ctx, grace)

@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -66,6 +69,9 @@ type runtimeError struct {
 	Message     string // the runtime's own words, from its log or stderr
 	Err         error  // what go-runc returned
 	kind        error  // errdefs kind
+	// detail is what Error shows of Err: go-runc's text, or only the exit
+	// status when Message was taken from that text, so as not to say it twice.
+	detail string
 }
 
 func (e *runtimeError) Error() string {
@@ -78,8 +84,8 @@ func (e *runtimeError) Error() string {
 	if e.Message != "" {
 		fmt.Fprintf(&b, ": %s", e.Message)
 	}
-	if e.Err != nil {
-		fmt.Fprintf(&b, " (%v)", e.Err)
+	if e.detail != "" {
+		fmt.Fprintf(&b, " (%s)", e.detail)
 	}
 	return b.String()
 }
@@ -95,11 +101,18 @@ func (e *runtimeError) Unwrap() []error {
 // When ctx is done, runc was killed for it: the context's error is the
 // kind, and the message says so.
 func newRuntimeError(ctx context.Context, step, containerID, execID, logPath string, err error) error {
+	errText := errString(err)
+	detail := strings.TrimSpace(errText)
 	msg := lastRuntimeLogError(logPath)
-	if msg == "" && err != nil {
-		msg = runcOutputMessage(err.Error())
+	if out, status := splitRuncOutput(errText); out != "" {
+		if msg == "" {
+			msg = out
+		}
+		if out == msg {
+			detail = status
+		}
 	}
-	kind := classifyRuntimeMessage(msg + " " + errString(err))
+	kind := classifyRuntimeMessage(msg + " " + errText)
 	if cerr := ctx.Err(); cerr != nil {
 		kind = cerr
 		if msg == "" {
@@ -113,7 +126,22 @@ func newRuntimeError(ctx context.Context, step, containerID, execID, logPath str
 		Message:     msg,
 		Err:         err,
 		kind:        kind,
+		detail:      detail,
 	}
+}
+
+// withKind returns err with its errdefs kind replaced by kind when it is a
+// runtimeError, so that it is that kind only. Other errors, and one whose
+// runc was killed for its context, are wrapped: they are kind as well as
+// what they were.
+func withKind(err, kind error) error {
+	var re *runtimeError
+	if errors.As(err, &re) && !errors.Is(re.kind, context.Canceled) && !errors.Is(re.kind, context.DeadlineExceeded) {
+		copied := *re
+		copied.kind = kind
+		return &copied
+	}
+	return fmt.Errorf("%w: %w", kind, err)
 }
 
 func errString(err error) string {
@@ -123,13 +151,59 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// runcOutputMessage pulls runc's own words out of a go-runc error of the form
-// "exit status 1: <stderr>".
+// runcExitStatus finds the "exit status N: " that go-runc puts between its
+// own words and runc's output: "<path> did not terminate successfully: exit
+// status 1: <output>" (go-runc v1.2), or "exit status 1: <output>" (older).
+var runcExitStatus = regexp.MustCompile(`(?:^|: )(exit status -?[0-9]+)(?:: |$)`)
+
+// runcOutputMessage pulls runc's own words out of a go-runc error's text.
 func runcOutputMessage(s string) string {
-	if i := strings.Index(s, ": "); i >= 0 && strings.HasPrefix(s, "exit status") {
-		return strings.TrimSpace(s[i+2:])
+	msg, _ := splitRuncOutput(s)
+	return msg
+}
+
+// splitRuncOutput splits a go-runc error's text into runc's output, made
+// one line, and go-runc's "exit status N". Both are "" when the text is not
+// of that form.
+func splitRuncOutput(s string) (output, status string) {
+	loc := runcExitStatus.FindStringSubmatchIndex(s)
+	if loc == nil {
+		return "", ""
 	}
-	return ""
+	status = s[loc[2]:loc[3]]
+	var lines []string
+	for _, line := range strings.Split(s[loc[1]:], "\n") {
+		if line = strings.TrimSpace(logfmtMessage(line)); line != "" {
+			lines = append(lines, line)
+		}
+	}
+	return strings.Join(lines, "; "), status
+}
+
+// logfmtMessage returns the msg of a logrus text line (time="..."
+// level=error msg="..."), which runc prints when it has no --log; any other
+// line is returned as it is.
+func logfmtMessage(line string) string {
+	if !strings.HasPrefix(line, "time=") {
+		return line
+	}
+	i := strings.Index(line, " msg=")
+	if i < 0 {
+		return line
+	}
+	rest := line[i+len(" msg="):]
+	if strings.HasPrefix(rest, `"`) {
+		if unq, err := strconv.QuotedPrefix(rest); err == nil {
+			if msg, err := strconv.Unquote(unq); err == nil {
+				return msg
+			}
+		}
+		return strings.Trim(rest, `"`)
+	}
+	if j := strings.IndexByte(rest, ' '); j >= 0 {
+		return rest[:j]
+	}
+	return rest
 }
 
 // lastRuntimeLogError returns the last error-level message from a runc JSON
@@ -173,9 +247,10 @@ func classifyRuntimeMessage(msg string) error {
 	case strings.Contains(m, "already exists"), strings.Contains(m, "with id exists"):
 		return errdefs.ErrAlreadyExists
 	case strings.Contains(m, "not running"), strings.Contains(m, "stopped"), strings.Contains(m, "cannot exec"),
+		strings.Contains(m, "no such process"),
 		strings.Contains(m, "not paused"), strings.Contains(m, "is paused"), strings.Contains(m, "cannot start"):
 		return errdefs.ErrFailedPrecondition
-	case strings.Contains(m, "invalid"), strings.Contains(m, "unknown signal"):
+	case strings.Contains(m, "invalid"), strings.Contains(m, "unknown signal"), strings.Contains(m, "out of range"):
 		return errdefs.ErrInvalidArgument
 	}
 	return errdefs.ErrUnknown

@@ -271,7 +271,7 @@ func (c *Container) handleExitLocked(p *Process, st ExitStatus) {
 		return
 	}
 	c.initExited = true
-	if c.hostPID {
+	if c.sharedPID {
 		c.killExecsLocked()
 	}
 	if c.activeExecs > 0 {
@@ -291,8 +291,8 @@ func (c *Container) execDoneLocked() {
 	}
 }
 
-// killExecsLocked SIGKILLs every running exec: in the host PID namespace
-// they outlive init, and init's exit is published only after theirs.
+// killExecsLocked SIGKILLs every running exec: in a shared PID namespace
+// (the host's, or one joined by path) they outlive init, and init's exit is published only after theirs.
 // Execs still inside runc exec are killed by the kernel or fail to start.
 func (c *Container) killExecsLocked() {
 	for _, p := range c.execs {

@@ -73,6 +73,11 @@ func newConfig(opts []Option) (containerConfig, error) {
 			return containerConfig{}, err
 		}
 	}
+	root, err := normalizeRoot(cfg.runtimeRoot)
+	if err != nil {
+		return containerConfig{}, err
+	}
+	cfg.runtimeRoot = root
 	return cfg, nil
 }
 
@@ -141,7 +146,9 @@ func WithRuntime(binary string) Option {
 }
 
 // WithRuntimeRoot sets the runtime's state directory (runc --root). The
-// default is DefaultRuntimeRoot.
+// default is DefaultRuntimeRoot. The path is made absolute and clean, with
+// symlinks in its existing part resolved, so that every spelling of one
+// directory is one root.
 func WithRuntimeRoot(dir string) Option {
 	return func(c *containerConfig) error {
 		if dir == "" {

@@ -6,12 +6,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // processState is where a process is in its life; lifecycle.go holds the
@@ -279,19 +281,26 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.activeExecs++
 	c.mu.Unlock()
 
-	release := holdReaping(c.watcher) // until the exec's pid is watched
+	release := sync.OnceFunc(holdReaping(c.watcher)) // until the exec's pid is watched
 	defer release()
 	pid, pio, err := c.runExec(ctx, p)
 	if err != nil {
+		// No pid to watch: let orphans be reaped again, for a dying init
+		// waits for the zombies of its PID namespace (runc's helper for this
+		// exec among them). Outside the lock: it may wait a moment.
+		release()
+		initGone := c.initGone(execRaceWait(err))
 		c.mu.Lock()
 		p.state = stateCreated
 		close(p.startFailed)
 		c.execDoneLocked()
+		// The exec could not start because init is gone: that is the
+		// caller's precondition failing, whatever runc said about it.
 		switch {
-		case c.initExited:
-			err = fmt.Errorf("runckit: start %s: init exited meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
+		case initGone || c.initExited:
+			err = fmt.Errorf("runckit: start %s: init exited meanwhile: %w", p.name(), withKind(err, errdefs.ErrFailedPrecondition))
 		case c.deleting || c.deleted:
-			err = fmt.Errorf("runckit: start %s: container deleted meanwhile: %w (%w)", p.name(), errdefs.ErrFailedPrecondition, err)
+			err = fmt.Errorf("runckit: start %s: container deleted meanwhile: %w", p.name(), withKind(err, errdefs.ErrFailedPrecondition))
 		}
 		c.mu.Unlock()
 		c.saveRecord() // init's exit may have been waiting for this exec
@@ -304,8 +313,8 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	p.pid, p.pidfd, p.io = pid, pidfd, pio
 	p.state = stateRunning
 	c.publishLocked(Event{Kind: EventExecStarted, ExecID: p.id, Pid: pid})
-	if c.initExited && c.hostPID && pidfd != nil {
-		// Init died while runc exec ran, and in the host PID namespace
+	if c.initExited && c.sharedPID && pidfd != nil {
+		// Init died while runc exec ran, and in a shared PID namespace
 		// nothing else will end this process: init's exit waits for it.
 		pidfd.signal(syscall.SIGKILL)
 	}
@@ -327,6 +336,68 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		return fmt.Errorf("runckit: start %s: watch exit: %w", p.name(), err)
 	}
 	return nil
+}
+
+// execRaceWait is how long a failed runc exec waits for init to be seen
+// dead: runc's words when init dies under it (setns fails, the namespace
+// files or init's pid are gone, the container is stopped) come a moment
+// before init's pidfd says it has exited. Other failures only look.
+func execRaceWait(err error) time.Duration {
+	m := strings.ToLower(errString(err))
+	for _, w := range []string{"setns", "namespace path", "/ns/", "no such process", "not running", "stopped"} {
+		if strings.Contains(m, w) {
+			return 500 * time.Millisecond
+		}
+	}
+	return 0
+}
+
+// initGone reports whether init has exited or is exiting, looking for up
+// to wait: its exit has been seen, its pidfd says it has exited, or it is
+// alive but has let go of its namespaces, as a dying init does first (it
+// may stay so a while, until the other processes of its PID namespace are
+// reaped). The pidfd is duplicated under the lock, so that the exit handler
+// can not close it, and its number be reused, while this polls.
+func (c *Container) initGone(wait time.Duration) bool {
+	c.mu.Lock()
+	if c.initExited {
+		c.mu.Unlock()
+		return true
+	}
+	fd := -1
+	if h := c.init.pidfd; h != nil && h.fd >= 0 {
+		fd, _ = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+	}
+	ipcNS := "/proc/" + strconv.Itoa(c.init.pid) + "/ns/ipc"
+	c.mu.Unlock()
+	if fd < 0 {
+		return false
+	}
+	defer unix.Close(fd)
+	exited := func(timeout time.Duration) (bool, error) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(timeout/time.Millisecond))
+		return err == nil && n > 0, err
+	}
+	for deadline := time.Now().Add(wait); ; {
+		_, nsErr := os.Readlink(ipcNS)
+		done, err := exited(0)
+		if done {
+			return true
+		}
+		if err == nil && nsErr != nil {
+			// init was alive when its namespaces were found gone: the pid
+			// was still its own.
+			return true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		if done, _ := exited(min(left, 10*time.Millisecond)); done {
+			return true
+		}
+	}
 }
 
 // runExec invokes runc exec --detach and returns the new process's pid with

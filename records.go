@@ -43,7 +43,7 @@ type record struct {
 	Runtime     string                   `json:"runtime"`
 	RuntimeRoot string                   `json:"runtime_root"`
 	Options     RuntimeOptions           `json:"runtime_options"`
-	HostPID     bool                     `json:"host_pid"`
+	HostPID     bool                     `json:"host_pid"` // init does not own its PID namespace (Container.sharedPID)
 	StopSignal  int                      `json:"stop_signal"`
 	Mounts      []string                 `json:"mounts,omitempty"` // rootfs mount targets, unmounted by Delete
 	Processes   map[string]processRecord `json:"processes"`        // by exec ID; "" is init
@@ -120,11 +120,12 @@ func recordPath(dir, root, id string) string {
 	return filepath.Join(dir, id+"@"+hex.EncodeToString(sum[:6])+".json")
 }
 
-// normalRoot is root as an absolute, clean path, so that two spellings of
-// one runtime root name one record.
+// normalRoot is normalizeRoot for a root that must name something even
+// when it can not be resolved, so that two spellings of one root share a
+// record name.
 func normalRoot(root string) string {
-	if abs, err := filepath.Abs(root); err == nil {
-		return abs
+	if n, err := normalizeRoot(root); err == nil {
+		return n
 	}
 	return filepath.Clean(root)
 }
@@ -134,7 +135,7 @@ func (c *Container) snapshotLocked() *record {
 	c.recordVersion++
 	r := &record{
 		ID: c.id, Bundle: c.bundle, Runtime: c.runtime.Command, RuntimeRoot: c.cfg.runtimeRoot,
-		Options: c.cfg.runtimeOpts, HostPID: c.hostPID, StopSignal: int(c.stopSignal), Mounts: c.mounts,
+		Options: c.cfg.runtimeOpts, HostPID: c.sharedPID, StopSignal: int(c.stopSignal), Mounts: c.mounts,
 		Processes: make(map[string]processRecord, len(c.execs)+1),
 		// Events are published under c.mu too: this is the last one queued.
 		Seq:     c.events.lastSeq(),
@@ -271,6 +272,7 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	if err != nil {
 		return nil, err
 	}
+	r.RuntimeRoot = normalRoot(r.RuntimeRoot) // one registry key per directory, as in NewContainer
 	if err := claimID(r.RuntimeRoot, id); err != nil {
 		return nil, err
 	}
@@ -279,11 +281,9 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 			releaseID(r.RuntimeRoot, id)
 		}
 	}()
-	// The record's root is spelt as the earlier run spelt it: runc state
-	// and the ID registry use it as is.
 	cfg.runtimeRoot, cfg.runtimeOpts = r.RuntimeRoot, r.Options
 	c := makeContainer(id, r.Bundle, r.Runtime, cfg, watcher)
-	c.hostPID, c.stopSignal = r.HostPID, syscall.Signal(r.StopSignal)
+	c.sharedPID, c.stopSignal = r.HostPID, syscall.Signal(r.StopSignal)
 	c.rec, c.recordVersion = &recorder{path: path, written: r.Version}, r.Version
 
 	state, err := c.runtime.State(ctx, id)
@@ -298,8 +298,8 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 	c.mounts = r.Mounts
 	c.undo = []func(){func() {
 		os.Remove(filepath.Join(r.Bundle, optionsFile))
-		os.Remove(filepath.Join(r.Bundle, initPidFile))
-		os.Remove(filepath.Join(r.Bundle, createLog))
+		os.Remove(filepath.Join(r.Bundle, initPidFile(id)))
+		os.Remove(filepath.Join(r.Bundle, createLog(id)))
 	}}
 	for _, m := range r.Mounts {
 		c.undo = append(c.undo, func() { unmount(m) })
@@ -389,7 +389,7 @@ func (c *Container) attachInit(h *pidfdHandle) {
 	}
 	nsErr := errors.New("shares the host PID namespace")
 	var ns uint64
-	if !c.hostPID {
+	if !c.sharedPID {
 		ns, nsErr = pidNamespaceOf(pid)
 	}
 	cg, cgErr := oomSourceFor(pid)
