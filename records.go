@@ -241,7 +241,7 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 		os.Remove(filepath.Join(r.Bundle, createLog))
 	}}
 	for _, m := range r.Mounts {
-		c.undo = append(c.undo, func() { unmount(m) })
+		c.undo = append(c.undo, func() { unmountRecorded(r.Bundle, m) })
 	}
 	c.undo = append(c.undo, c.rec.remove)
 	c.events = newEventQueue(cfg.sink)
