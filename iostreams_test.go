@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -313,5 +314,54 @@ func TestIOStreamsCloseStdinTerminal(t *testing.T) {
 			pw.Close()
 			<-done
 		}
+	}
+}
+
+// A create or an exec that runc refuses leaves nothing of its IO behind,
+// whatever the Stdio: no fd, no goroutine.
+func TestIOStreamsFailedStartLeaksNothing(t *testing.T) {
+	ctx := runckittest.Context(t, 2*time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	fifo := filepath.Join(t.TempDir(), "in")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	var shared, other bytes.Buffer
+	stdios := map[string]runckit.Stdio{
+		"none":     {},
+		"pipes":    {Stdin: pr, Stdout: &shared, Stderr: &other},
+		"shared":   {Stdout: &shared, Stderr: &shared},
+		"fifo-in":  {StdinPath: fifo, Stdout: &shared},
+		"terminal": {Terminal: true, Stdin: pr, Stdout: &shared},
+	}
+	settle := func() (fds, goroutines int) {
+		time.Sleep(200 * time.Millisecond)
+		return openFDs(), runtime.NumGoroutine()
+	}
+	fds0, g0 := settle()
+	for name, stdio := range stdios {
+		spec := runckittest.ProcessSpec("/no/such/binary")
+		p, err := c.Exec(ctx, "fail-"+name, spec, stdio)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err == nil {
+			t.Fatalf("%s: exec of a missing binary started", name)
+		}
+		if err := p.Delete(ctx); err != nil {
+			t.Fatalf("%s: Delete after a failed start: %v", name, err)
+		}
+		cspec := runckittest.Spec(t, "/no/such/binary")
+		cspec.Process.Terminal = stdio.Terminal
+		if _, err := runckit.NewContainer(ctx, newID(t), runckittest.Bundle(t, cspec),
+			runckit.WithRuntimeRoot(e.root), runckit.WithStdio(stdio)); err == nil {
+			t.Fatalf("%s: create with a missing binary succeeded", name)
+		}
+	}
+	if fds, g := settle(); fds != fds0 || g > g0 {
+		t.Errorf("after failed starts: %d fds (was %d), %d goroutines (was %d)", fds, fds0, g, g0)
 	}
 }
