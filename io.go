@@ -39,7 +39,9 @@ import (
 // on its own once the Write returns; nothing more is written after that.
 //
 // Process.CloseStdin closes the pipe that feeds a Stdin reader (or a FIFO
-// StdinPath), so the process reads EOF. With a terminal, it stops copying
+// StdinPath), so the process reads EOF. What the reader had already
+// returned is delivered first (CloseStdin waits up to 100ms for that); what
+// it returns later is dropped. With a terminal, it stops copying
 // from Stdin and types the terminal's end-of-file character (VEOF, ^D), so a
 // process reading the terminal in canonical mode, as a shell or cat does,
 // reads EOF; a program that put its terminal in raw mode gets the byte. The
@@ -163,12 +165,21 @@ type processIO struct {
 	stdinW *os.File // write end of the stdin pipe, for CloseStdin
 	// noStdin says why there is nothing for CloseStdin to close.
 	noStdin string
-	// stdinMu orders the terminal's input: the copy from Stdin and the EOF
-	// that CloseStdin types. It guards stdinClosed and lastIn.
+	// inputDone is closed when the copy from a Stdin reader ends; nil
+	// without one.
+	inputDone chan struct{}
+	// stdinMu guards the CloseStdin state the input copy looks at.
 	stdinMu     sync.Mutex
-	stdinClosed bool
-	lastIn      byte // last byte typed into the terminal, 0 if none
+	stdinClosed bool // CloseStdin was called: copy nothing more
+	stdinGaveUp bool // CloseStdin stopped waiting: drop what Read returns
+	lastIn      byte // last byte copied in, 0 if none
 }
+
+// stdinCloseGrace is how long CloseStdin waits for the input copy to
+// deliver what it already took from Stdin. The copy can not be told apart
+// from one parked in Stdin's Read until it reaches the next Read, so a
+// CloseStdin while it is parked there (the usual case) costs this once.
+const stdinCloseGrace = 100 * time.Millisecond
 
 func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 	if err := s.validate(); err != nil {
@@ -282,8 +293,9 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 	pio.child[0] = pr
 	pio.host = append(pio.host, pw)
 	pio.stdinW = pw
+	pio.inputDone = make(chan struct{})
 	pio.inputs = append(pio.inputs, func() {
-		io.Copy(pw, r)
+		pio.copyInput(r, pw)
 		pw.Close()
 	})
 	return nil
@@ -597,33 +609,69 @@ func (pio *processIO) addTerminalCopies(master *os.File) {
 	w := pio.stdio.Stdout // nil: the output is read and dropped
 	pio.copiers = append(pio.copiers, func() { pio.copyOutput("terminal output", w, master, true) })
 	if r := pio.stdio.Stdin; r != nil {
-		pio.inputs = append(pio.inputs, func() { pio.copyTerminalInput(r, master) })
+		pio.inputDone = make(chan struct{})
+		pio.inputs = append(pio.inputs, func() { pio.copyInput(r, master) })
 	}
 }
 
-// copyTerminalInput types what r gives into the terminal until r ends or
-// CloseStdin is called.
-func (pio *processIO) copyTerminalInput(r io.Reader, master *os.File) {
+// copyInput copies r into w (the stdin pipe, or the terminal) until r ends,
+// w fails, or CloseStdin is called. What a Read returned before CloseStdin
+// is still written, unless CloseStdin gave up waiting for it.
+func (pio *processIO) copyInput(r io.Reader, w *os.File) {
+	defer close(pio.inputDone)
 	buf := make([]byte, 32<<10)
 	for {
+		pio.stdinMu.Lock()
+		closed := pio.stdinClosed
+		pio.stdinMu.Unlock()
+		if closed {
+			return
+		}
 		n, rerr := r.Read(buf)
 		if n > 0 {
 			pio.stdinMu.Lock()
-			if pio.stdinClosed {
-				pio.stdinMu.Unlock()
+			gaveUp := pio.stdinGaveUp
+			pio.stdinMu.Unlock()
+			if gaveUp {
 				return
 			}
-			_, werr := master.Write(buf[:n])
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			pio.stdinMu.Lock()
 			pio.lastIn = buf[n-1]
 			pio.stdinMu.Unlock()
-			if werr != nil {
-				return
-			}
 		}
 		if rerr != nil {
 			return
 		}
 	}
+}
+
+// stopInput stops the copy from Stdin: it lets the copy finish writing
+// what it holds, waiting at most stdinCloseGrace. It reports false if
+// CloseStdin was called before.
+func (pio *processIO) stopInput() bool {
+	pio.stdinMu.Lock()
+	if pio.stdinClosed {
+		pio.stdinMu.Unlock()
+		return false
+	}
+	pio.stdinClosed = true
+	pio.stdinMu.Unlock()
+	if pio.inputDone == nil {
+		return true
+	}
+	t := time.NewTimer(stdinCloseGrace)
+	defer t.Stop()
+	select {
+	case <-pio.inputDone:
+	case <-t.C:
+		pio.stdinMu.Lock()
+		pio.stdinGaveUp = true
+		pio.stdinMu.Unlock()
+	}
+	return true
 }
 
 // hasOutputCopies reports whether wait may have to wait for output: false
@@ -652,7 +700,9 @@ func (pio *processIO) closeStdin() error {
 	if pio.stdinW == nil {
 		return fmt.Errorf("the process has no stdin pipe (%s): %w", pio.noStdin, errdefs.ErrFailedPrecondition)
 	}
-	pio.stdinW.Close()
+	if pio.stopInput() {
+		pio.stdinW.Close()
+	}
 	return nil
 }
 
@@ -661,12 +711,12 @@ func (pio *processIO) closeStdin() error {
 // that line. It may wait while the terminal's input queue is full, at most
 // until the process exits.
 func (pio *processIO) terminalEOF() error {
-	pio.stdinMu.Lock()
-	defer pio.stdinMu.Unlock()
-	if pio.stdinClosed {
+	if !pio.stopInput() {
 		return nil
 	}
-	pio.stdinClosed = true
+	pio.stdinMu.Lock()
+	last := pio.lastIn
+	pio.stdinMu.Unlock()
 	pio.mu.Lock()
 	master, closed := pio.masterIO, pio.closed
 	pio.mu.Unlock()
@@ -682,7 +732,7 @@ func (pio *processIO) terminalEOF() error {
 		})
 	}
 	seq := []byte{eof}
-	if pio.lastIn != 0 && pio.lastIn != '\n' {
+	if last != 0 && last != '\n' {
 		seq = append(seq, eof)
 	}
 	if _, err := master.Write(seq); err != nil && !errors.Is(err, os.ErrClosed) {

@@ -365,3 +365,70 @@ func TestIOStreamsFailedStartLeaksNothing(t *testing.T) {
 		t.Errorf("after failed starts: %d fds (was %d), %d goroutines (was %d)", fds, fds0, g, g0)
 	}
 }
+
+// slowHandoff's first Read signals that it has been entered, waits a
+// little, and returns data: a CloseStdin made meanwhile races the copy of
+// data the reader has already handed over.
+type slowHandoff struct {
+	entered chan struct{}
+	data    string
+	done    bool
+	block   chan struct{} // later Reads wait here until closed
+}
+
+func (r *slowHandoff) Read(p []byte) (int, error) {
+	if r.done {
+		<-r.block
+		return 0, io.EOF
+	}
+	r.done = true
+	close(r.entered)
+	time.Sleep(20 * time.Millisecond)
+	return copy(p, r.data), nil
+}
+
+// CloseStdin while the copy holds data from Stdin delivers that data
+// before the EOF, for a pipe and for a terminal.
+func TestIOStreamsCloseStdinDeliversHeldData(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	for _, tty := range []bool{false, true} {
+		name := "pipe"
+		if tty {
+			name = "tty"
+		}
+		r := &slowHandoff{entered: make(chan struct{}), data: "held\n", block: make(chan struct{})}
+		spec := runckittest.ProcessSpec("cat")
+		spec.Terminal = tty
+		var out syncBuffer
+		p, err := c.Exec(ctx, "held-"+name, spec, runckit.Stdio{Terminal: tty, Stdin: r, Stdout: &out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		<-r.entered
+		if err := p.CloseStdin(); err != nil {
+			t.Fatalf("%s: CloseStdin = %v", name, err)
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, err := p.Wait(waitCtx)
+		cancel()
+		close(r.block)
+		if err != nil || !st.Success() {
+			p.Kill(ctx, syscall.SIGKILL)
+			p.Wait(ctx)
+			t.Errorf("%s: Wait = %v, %v", name, st, err)
+		}
+		// A terminal echoes the line and cat prints it: "held" twice.
+		want := 1
+		if tty {
+			want = 2
+		}
+		if got := strings.Count(out.String(), "held"); got != want {
+			t.Errorf("%s: output %q has %d copies of the held line, want %d", name, out.String(), got, want)
+		}
+	}
+}
