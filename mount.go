@@ -344,25 +344,23 @@ func mountState(id uint64) (attached, covered bool, err error) {
 	if err != nil {
 		return false, false, err
 	}
-	type entry struct{ parent, mountpoint string }
 	ids := strconv.FormatUint(id, 10)
-	var self entry
-	var children []entry
+	var mountpoint string
+	var childPoints []string // mount points of the mounts whose parent is id
 	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
+		f := strings.Fields(line) // ID, parent ID, dev, root, mount point, ...
 		if len(f) < 5 {
 			continue
 		}
 		if f[0] == ids {
-			attached = true
-			self = entry{f[1], f[4]}
+			attached, mountpoint = true, f[4]
 		}
 		if f[1] == ids {
-			children = append(children, entry{f[1], f[4]})
+			childPoints = append(childPoints, f[4])
 		}
 	}
-	for _, c := range children {
-		if attached && c.mountpoint == self.mountpoint {
+	for _, p := range childPoints {
+		if attached && p == mountpoint {
 			covered = true
 		}
 	}
