@@ -94,12 +94,12 @@ func (c *Container) prepareBundle() (*specs.Spec, error) {
 			cfgPath, spec.Process.Terminal, c.cfg.stdio.Terminal, errdefs.ErrInvalidArgument)
 	}
 	for _, m := range c.cfg.mounts {
-		target, err := mountRootfs(c.bundle, m)
+		rm, err := mountRootfs(c.bundle, m)
 		if err != nil {
 			return nil, err
 		}
-		c.mounts = append(c.mounts, target)
-		c.undo = append(c.undo, func() { unmount(target) })
+		c.mounts = append(c.mounts, rm.target)
+		c.undo = append(c.undo, func() { rm.unmount() })
 	}
 	return &spec, nil
 }

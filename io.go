@@ -2,6 +2,7 @@ package runckit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -20,6 +21,33 @@ import (
 // connected to /dev/null, an *os.File is handed to the process as it is, and
 // any other reader or writer is fed by a copy goroutine that ends with the
 // process.
+//
+// As in os/exec, when Stdout and Stderr are the same writer (equal with ==)
+// the process gets one pipe for both, so at most one goroutine at a time
+// calls its Write, and the two streams arrive in the order they were
+// written. Two different writers are written concurrently.
+//
+// When a Write to Stdout or Stderr fails, Wait returns that error (the first
+// one, naming the stream) together with the exit status. The copy of that
+// stream stops and its pipe is closed, so a process that goes on writing to
+// it gets EPIPE or SIGPIPE, as with os/exec. A terminal has no such signal:
+// after a failed Write its output is read and dropped, so that the process
+// does not stall on a full terminal.
+//
+// The drain timeout (WithDrainTimeout) also bounds a Write that blocks: past
+// it, Wait returns ErrDrainTimeout without waiting for the copy, which ends
+// on its own once the Write returns; nothing more is written after that.
+//
+// Process.CloseStdin closes the pipe that feeds a Stdin reader (or a FIFO
+// StdinPath), so the process reads EOF. What the reader had already
+// returned is delivered first (CloseStdin waits up to 100ms for that); what
+// it returns later is dropped. With a terminal, it stops copying
+// from Stdin and types the terminal's end-of-file character (VEOF, ^D), so a
+// process reading the terminal in canonical mode, as a shell or cat does,
+// reads EOF; a program that put its terminal in raw mode gets the byte. The
+// end of a Stdin reader on a terminal is not an EOF for the process: call
+// CloseStdin. Without a pipe of runckit's (Stdin nil, an *os.File, or a plain
+// file path), CloseStdin fails with ErrFailedPrecondition.
 //
 // For shims, a stream may instead name a path: "fifo:///run/x/stdout" opens a
 // FIFO, "file:///var/log/x" appends to a file, and a plain absolute path is
@@ -130,8 +158,28 @@ type processIO struct {
 
 	outputs sync.WaitGroup
 	readEnd []*os.File // output read ends, force-closed when draining times out
-	stdinW  *os.File   // write end of the stdin pipe, for CloseStdin
+
+	errMu   sync.Mutex
+	copyErr error // the first failed Write to Stdout or Stderr
+
+	stdinW *os.File // write end of the stdin pipe, for CloseStdin
+	// noStdin says why there is nothing for CloseStdin to close.
+	noStdin string
+	// inputDone is closed when the copy from a Stdin reader ends; nil
+	// without one.
+	inputDone chan struct{}
+	// stdinMu guards the CloseStdin state the input copy looks at.
+	stdinMu     sync.Mutex
+	stdinClosed bool // CloseStdin was called: copy nothing more
+	stdinGaveUp bool // CloseStdin stopped waiting: drop what Read returns
+	lastIn      byte // last byte copied in, 0 if none
 }
+
+// stdinCloseGrace is how long CloseStdin waits for the input copy to
+// deliver what it already took from Stdin. The copy can not be told apart
+// from one parked in Stdin's Read until it reaches the next Read, so a
+// CloseStdin while it is parked there (the usual case) costs this once.
+const stdinCloseGrace = 100 * time.Millisecond
 
 func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 	if err := s.validate(); err != nil {
@@ -157,10 +205,31 @@ func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 	if err := pio.setupOutput(1, "StdoutPath", s.Stdout, s.StdoutPath, uid, gid); err != nil {
 		return nil, err
 	}
+	if s.StdoutPath == "" && s.StderrPath == "" && sameWriter(s.Stdout, s.Stderr) {
+		// One pipe (or file) for both, as os/exec does: one copy goroutine
+		// writes to the shared writer, never two at once.
+		pio.child[2] = pio.child[1]
+		return pio, nil
+	}
 	if err := pio.setupOutput(2, "StderrPath", s.Stderr, s.StderrPath, uid, gid); err != nil {
 		return nil, err
 	}
 	return pio, nil
+}
+
+// sameWriter reports whether a and b are the same non-nil writer. Writers
+// of a type that can not be compared are taken as different, as os/exec
+// does.
+func sameWriter(a, b io.Writer) (same bool) {
+	if a == nil || b == nil {
+		return false
+	}
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 func openNull(flag int) (*os.File, error) {
@@ -202,16 +271,19 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 			return fmt.Errorf("runckit: StdinPath: %w", err)
 		}
 		pio.child[0] = f
+		pio.noStdin = "StdinPath names a file, which the process reads itself"
 		return nil
 	case p != "" && fifo:
 		return pio.setupFIFOInput(p, uid, gid)
 	case r == nil:
 		f, err := openNull(os.O_RDONLY)
 		pio.child[0] = f
+		pio.noStdin = "Stdin is nil: the process reads /dev/null"
 		return err
 	}
 	if f, ok := r.(*os.File); ok {
 		pio.child[0] = f
+		pio.noStdin = "Stdin is an *os.File, handed to the process as it is: close your end of it instead"
 		return nil
 	}
 	pr, pw, err := newPipe(uid, gid)
@@ -221,8 +293,9 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 	pio.child[0] = pr
 	pio.host = append(pio.host, pw)
 	pio.stdinW = pw
+	pio.inputDone = make(chan struct{})
 	pio.inputs = append(pio.inputs, func() {
-		io.Copy(pw, r)
+		pio.copyInput(r, pw)
 		pw.Close()
 	})
 	return nil
@@ -244,6 +317,7 @@ func (pio *processIO) setupFIFOInput(path string, uid, gid int) error {
 		return err
 	}
 	pio.child[0] = pr
+	pio.stdinW = pw
 	pio.host = append(pio.host, pw, fifoUnblocker(path))
 	pio.inputs = append(pio.inputs, func() {
 		defer pw.Close()
@@ -305,14 +379,58 @@ func (pio *processIO) setupOutput(fd int, name string, w io.Writer, path string,
 	if err != nil {
 		return err
 	}
+	stream := "stdout"
+	switch {
+	case fd == 2:
+		stream = "stderr"
+	case sameWriter(pio.stdio.Stdout, pio.stdio.Stderr):
+		stream = "stdout and stderr"
+	}
 	pio.child[fd] = pw
 	pio.host = append(pio.host, pr)
 	pio.readEnd = append(pio.readEnd, pr)
 	pio.copiers = append(pio.copiers, func() {
-		io.Copy(w, pr)
+		// Closing the read end when the copy stops early (the writer
+		// failed) makes the process's next write fail with EPIPE.
+		pio.copyOutput(stream, w, pr, false)
 		pr.Close()
 	})
 	return nil
+}
+
+// copyOutput copies r to w until r ends. A failed Write is kept for Wait;
+// then the copy stops, or, with discard, reads on and drops the rest.
+// Errors reading r are the stream's end (EOF; EIO from a terminal once the
+// process is gone; a read end closed at the drain timeout).
+func (pio *processIO) copyOutput(stream string, w io.Writer, r io.Reader, discard bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 && w != nil {
+			m, werr := w.Write(buf[:n])
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				pio.setCopyErr(fmt.Errorf("runckit: copy %s to its writer: %w", stream, werr))
+				if !discard {
+					return
+				}
+				w = nil
+			}
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
+func (pio *processIO) setCopyErr(err error) {
+	pio.errMu.Lock()
+	defer pio.errMu.Unlock()
+	if pio.copyErr == nil {
+		pio.copyErr = err
+	}
 }
 
 // runcIO is what go-runc hands to the runc command: the child ends as its
@@ -353,11 +471,12 @@ func (pio *processIO) closeChildEnds() {
 		if f == nil {
 			continue
 		}
-		if !pio.callerOwns(i, f) {
+		shared := i == 2 && f == pio.child[1] // stdout and stderr share one end
+		if !shared && !pio.callerOwns(i, f) {
 			f.Close()
 		}
-		pio.child[i] = nil
 	}
+	pio.child = [3]*os.File{}
 }
 
 func (pio *processIO) callerOwns(fd int, f *os.File) bool {
@@ -487,14 +606,72 @@ func pollableMaster(c console.Console) (*os.File, error) {
 }
 
 func (pio *processIO) addTerminalCopies(master *os.File) {
-	if w := pio.stdio.Stdout; w != nil {
-		pio.copiers = append(pio.copiers, func() { io.Copy(w, master) })
-	} else {
-		pio.copiers = append(pio.copiers, func() { io.Copy(io.Discard, master) })
-	}
+	w := pio.stdio.Stdout // nil: the output is read and dropped
+	pio.copiers = append(pio.copiers, func() { pio.copyOutput("terminal output", w, master, true) })
 	if r := pio.stdio.Stdin; r != nil {
-		pio.inputs = append(pio.inputs, func() { io.Copy(master, r) })
+		pio.inputDone = make(chan struct{})
+		pio.inputs = append(pio.inputs, func() { pio.copyInput(r, master) })
 	}
+}
+
+// copyInput copies r into w (the stdin pipe, or the terminal) until r ends,
+// w fails, or CloseStdin is called. What a Read returned before CloseStdin
+// is still written, unless CloseStdin gave up waiting for it.
+func (pio *processIO) copyInput(r io.Reader, w *os.File) {
+	defer close(pio.inputDone)
+	buf := make([]byte, 32<<10)
+	for {
+		pio.stdinMu.Lock()
+		closed := pio.stdinClosed
+		pio.stdinMu.Unlock()
+		if closed {
+			return
+		}
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			pio.stdinMu.Lock()
+			gaveUp := pio.stdinGaveUp
+			pio.stdinMu.Unlock()
+			if gaveUp {
+				return
+			}
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			pio.stdinMu.Lock()
+			pio.lastIn = buf[n-1]
+			pio.stdinMu.Unlock()
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
+// stopInput stops the copy from Stdin: it lets the copy finish writing
+// what it holds, waiting at most stdinCloseGrace. It reports false if
+// CloseStdin was called before.
+func (pio *processIO) stopInput() bool {
+	pio.stdinMu.Lock()
+	if pio.stdinClosed {
+		pio.stdinMu.Unlock()
+		return false
+	}
+	pio.stdinClosed = true
+	pio.stdinMu.Unlock()
+	if pio.inputDone == nil {
+		return true
+	}
+	t := time.NewTimer(stdinCloseGrace)
+	defer t.Stop()
+	select {
+	case <-pio.inputDone:
+	case <-t.C:
+		pio.stdinMu.Lock()
+		pio.stdinGaveUp = true
+		pio.stdinMu.Unlock()
+	}
+	return true
 }
 
 // hasOutputCopies reports whether wait may have to wait for output: false
@@ -514,11 +691,54 @@ func (pio *processIO) resize(width, height uint16) error {
 }
 
 // closeStdin closes the write end of the process's stdin pipe, so that a
-// reader in the process sees EOF.
-func (pio *processIO) closeStdin() {
-	if pio.stdinW != nil {
+// reader in the process sees EOF; with a terminal it types the terminal's
+// EOF character instead (see Stdio). Closing twice is not an error.
+func (pio *processIO) closeStdin() error {
+	if pio.stdio.Terminal {
+		return pio.terminalEOF()
+	}
+	if pio.stdinW == nil {
+		return fmt.Errorf("the process has no stdin pipe (%s): %w", pio.noStdin, errdefs.ErrFailedPrecondition)
+	}
+	if pio.stopInput() {
 		pio.stdinW.Close()
 	}
+	return nil
+}
+
+// terminalEOF stops the copy from Stdin and types VEOF into the terminal:
+// twice if the last line typed is unfinished, since the first only ends
+// that line. It may wait while the terminal's input queue is full, at most
+// until the process exits.
+func (pio *processIO) terminalEOF() error {
+	if !pio.stopInput() {
+		return nil
+	}
+	pio.stdinMu.Lock()
+	last := pio.lastIn
+	pio.stdinMu.Unlock()
+	pio.mu.Lock()
+	master, closed := pio.masterIO, pio.closed
+	pio.mu.Unlock()
+	if master == nil || closed {
+		return nil // the process is gone with its terminal
+	}
+	eof := byte(4) // ^D, unless the terminal says otherwise
+	if rc, err := master.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			if t, err := unix.IoctlGetTermios(int(fd), unix.TCGETS); err == nil && t.Cc[unix.VEOF] != 0 {
+				eof = t.Cc[unix.VEOF]
+			}
+		})
+	}
+	seq := []byte{eof}
+	if last != 0 && last != '\n' {
+		seq = append(seq, eof)
+	}
+	if _, err := master.Write(seq); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("type EOF into the terminal: %w", err)
+	}
+	return nil
 }
 
 // wait waits, after the process has exited, until its output has been
@@ -537,6 +757,10 @@ func (pio *processIO) wait(timeout time.Duration) error {
 	select {
 	case <-pio.drained:
 	case <-expired:
+		// Closing our ends ends a copy waiting to read. A copy inside the
+		// caller's Write can not be interrupted: as os/exec's WaitDelay, do
+		// not wait for it. Its next read fails on the closed end, so it
+		// ends once that Write returns, and writes nothing more.
 		err = ErrDrainTimeout
 		for _, f := range pio.readEnd {
 			f.Close()
@@ -546,9 +770,14 @@ func (pio *processIO) wait(timeout time.Duration) error {
 			pio.masterIO.Close()
 		}
 		pio.mu.Unlock()
-		<-pio.drained
 	}
 	pio.release()
+	pio.errMu.Lock()
+	cerr := pio.copyErr
+	pio.errMu.Unlock()
+	if cerr != nil {
+		err = errors.Join(cerr, err) // err may be nil
+	}
 	return err
 }
 

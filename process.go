@@ -185,7 +185,9 @@ func (p *Process) Kill(ctx context.Context, sig syscall.Signal) error {
 	return nil
 }
 
-// CloseStdin closes the process's stdin, so a reader in it sees EOF.
+// CloseStdin closes the process's stdin, so a reader in it sees EOF; with a
+// terminal it types the terminal's EOF character. It fails with
+// ErrFailedPrecondition when runckit feeds no stdin (see Stdio).
 func (p *Process) CloseStdin() error {
 	p.c.mu.Lock()
 	pio := p.io
@@ -193,7 +195,9 @@ func (p *Process) CloseStdin() error {
 	if pio == nil {
 		return fmt.Errorf("runckit: close stdin of %s: not started: %w", p.name(), errdefs.ErrFailedPrecondition)
 	}
-	pio.closeStdin()
+	if err := pio.closeStdin(); err != nil {
+		return fmt.Errorf("runckit: close stdin of %s: %w", p.name(), err)
+	}
 	return nil
 }
 

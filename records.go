@@ -302,7 +302,7 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 		os.Remove(filepath.Join(r.Bundle, createLog(id)))
 	}}
 	for _, m := range r.Mounts {
-		c.undo = append(c.undo, func() { unmount(m) })
+		c.undo = append(c.undo, func() { unmountRecorded(r.Bundle, m) })
 	}
 	c.undo = append(c.undo, c.rec.remove)
 	c.events = newEventQueueAfter(cfg.sink, r.Seq)
