@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -191,24 +190,11 @@ func (cmd *Cmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	c := cmd.c
 	stdio := Stdio{Stdin: cmd.Stdin, Stdout: stdout, Stderr: stderr}
-	var merged *mergedOutput
-	if _, isFile := stdout.(*os.File); stdout != nil && !isFile && sameWriter(stdout, stderr) {
-		var err error
-		merged, err = newMergedOutput(stdout, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
-		if err != nil {
-			return err
-		}
-		stdio.Stdout, stdio.Stderr = merged.w, merged.w
-	}
 	p, err := c.execWithNewID(ctx, cmd.Spec, stdio)
 	if err != nil {
-		merged.wait(0)
 		return err
 	}
-	err = p.Start(ctx)
-	merged.closeWriter() // the process has its copy now, or never will
-	if err != nil {
-		merged.wait(c.cfg.drainTimeout) // a stray runc child may hold the pipe for a moment
+	if err := p.Start(ctx); err != nil {
 		p.Delete(context.Background())
 		return err
 	}
@@ -224,9 +210,6 @@ func (cmd *Cmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 		p.Kill(context.Background(), syscall.SIGKILL)
 		st, err = p.Wait(context.Background())
-	}
-	if merr := merged.wait(c.cfg.drainTimeout); err == nil {
-		err = merr
 	}
 	p.Delete(context.Background())
 
@@ -253,74 +236,6 @@ func (c *Container) execWithNewID(ctx context.Context, spec *specs.Process, stdi
 		}
 	}
 	return nil, fmt.Errorf("runckit: container %q: no free exec ID of the form run-N: %w", c.id, errdefs.ErrResourceExhausted)
-}
-
-// sameWriter reports whether a and b are the same writer. Comparing
-// interfaces panics when both hold the same uncomparable type; such
-// writers are taken as different.
-func sameWriter(a, b io.Writer) (same bool) {
-	defer func() {
-		if recover() != nil {
-			same = false
-		}
-	}()
-	return a == b
-}
-
-// mergedOutput gives a process one pipe as both stdout and stderr, as
-// os/exec does when they are the same writer, so that what the process
-// writes keeps its order. The copy runs here rather than in processIO,
-// which gives each stream a pipe of its own.
-type mergedOutput struct {
-	r, w *os.File
-	done chan struct{} // closed when the copy has ended
-}
-
-func newMergedOutput(dst io.Writer, uid, gid int) (*mergedOutput, error) {
-	r, w, err := newPipe(uid, gid)
-	if err != nil {
-		return nil, err
-	}
-	m := &mergedOutput{r: r, w: w, done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		io.Copy(dst, r)
-	}()
-	return m, nil
-}
-
-// closeWriter drops our write end, so the copy ends once the process and
-// whatever inherited the pipe from it have exited. Safe on nil and twice.
-func (m *mergedOutput) closeWriter() {
-	if m != nil {
-		m.w.Close()
-	}
-}
-
-// wait waits for the copy to end, for at most timeout (0: no bound, for
-// when no process ever got the pipe), then closes the pipe. Past the timeout
-// it reports ErrDrainTimeout, as Process.Wait does. Safe on nil.
-func (m *mergedOutput) wait(timeout time.Duration) error {
-	if m == nil {
-		return nil
-	}
-	m.closeWriter()
-	var expired <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		expired = t.C
-	}
-	var err error
-	select {
-	case <-m.done:
-	case <-expired:
-		err = ErrDrainTimeout
-		m.r.Close() // ends the copy: the pipe is in Go's poller
-		<-m.done
-	}
-	m.r.Close()
-	return err
 }
 
 // stderrSaver keeps the first and last half bytes written to it, for
