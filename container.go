@@ -220,7 +220,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	}
 
 	c.init = newProcess(c, "", nil, cfg.stdio)
-	release := holdReaping(watcher) // until init's pid is watched
+	release := holdReaping(filepath.Join(c.bundle, initPidFile(c.id))) // until init's pid is watched
 	defer release()
 	step := "create"
 	if restore != nil {
@@ -333,6 +333,9 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 		return 0, nil, rerr
 	}
 	pid, err := readPidFile(pidFile)
+	if err == nil {
+		orphans.pinPid(pidFile, pid)
+	}
 	if err == nil {
 		err = pio.started(ctx)
 	}

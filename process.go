@@ -285,7 +285,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.activeExecs++
 	c.mu.Unlock()
 
-	release := sync.OnceFunc(holdReaping(c.watcher)) // until the exec's pid is watched
+	release := sync.OnceFunc(holdReaping(c.execPidFile(p.id))) // until the exec's pid is watched
 	defer release()
 	pid, pio, err := c.runExec(ctx, p)
 	if err != nil {
@@ -411,7 +411,7 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 	if err != nil {
 		return 0, nil, err
 	}
-	pidFile := c.stateFile("exec-" + p.id + ".pid")
+	pidFile := c.execPidFile(p.id)
 	logFile := c.stateFile("exec-" + p.id + ".log.json")
 	os.Remove(pidFile) // a stale pid must never be taken for this exec's
 	defer os.Remove(pidFile)
@@ -435,6 +435,9 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 	}
 	pid, err := readPidFile(pidFile)
 	if err == nil {
+		orphans.pinPid(pidFile, pid) // the file goes before the pid is watched
+	}
+	if err == nil {
 		err = pio.started(ctx)
 	}
 	if err != nil {
@@ -448,6 +451,11 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 		return 0, nil, fmt.Errorf("runckit: start %s: %w", p.name(), err)
 	}
 	return pid, pio, nil
+}
+
+// execPidFile is where runc exec writes the pid of exec execID.
+func (c *Container) execPidFile(execID string) string {
+	return c.stateFile("exec-" + execID + ".pid")
 }
 
 func readPidFile(path string) (int, error) {

@@ -46,13 +46,15 @@ import (
 // A ReapingExitWatcher switches it to reaping every zombie child that is
 // not watched, claimed or named by a pidfd.
 //
-// Nothing is reaped while a runc create or exec is in flight: its new
-// process is not watched until runc has reported the pid.
+// The one process a runc create or exec in flight is about to report is
+// not reaped until it is watched (holdPidFile).
 type orphanReaper struct {
-	mu       sync.Mutex  // guards the fields below
-	claimed  map[int]int // pid -> claims by go-runc commands (shim mode)
-	holds    int         // runc create/exec invocations in flight
-	reapAll  bool        // shim mode: reap every unclaimed zombie
+	mu      sync.Mutex  // guards the fields below
+	claimed map[int]int // pid -> claims by go-runc commands (shim mode)
+	// pending are the pid files of runc create/exec invocations whose new
+	// process is not watched yet, with the pid once it has been read.
+	pending  map[string]*pendingStart
+	reapAll  bool // shim mode: reap every unclaimed zombie
 	watchers []*pidfdWatcher
 	started  bool
 	// keepProgramOrphans is set by ReapProgramOrphans(false).
@@ -73,6 +75,7 @@ type orphanReaper struct {
 // properties of the process.
 var orphans = &orphanReaper{
 	claimed:  make(map[int]int),
+	pending:  make(map[string]*pendingStart),
 	sessions: make(map[int]bool),
 	signals:  make(chan os.Signal, 1),
 }
@@ -112,17 +115,70 @@ func (r *orphanReaper) register(w *pidfdWatcher) {
 	}
 }
 
-// holdReaping stops orphan reaping until the returned func is called.
-func (r *orphanReaper) holdReaping() (release func()) {
+// holdPidFile keeps the process that pidFile will name from being reaped
+// as an orphan until the returned func is called. While runc runs, its new
+// process is runc's child, not ours; it becomes ours when runc exits, and
+// runc writes the pid file before it exits. So a zombie child of ours that
+// is the new process is always named by the pid file by the time the
+// reaper sees it, and only that one zombie needs to wait: every other
+// orphan (a helper of a failed runc, which a dying init may be waiting for)
+// is reaped at once, however many invocations are in flight.
+func (r *orphanReaper) holdPidFile(pidFile string) (release func()) {
 	r.mu.Lock()
-	r.holds++
+	ps := r.pending[pidFile]
+	if ps == nil {
+		ps = &pendingStart{}
+		r.pending[pidFile] = ps
+	}
+	ps.holds++
 	r.mu.Unlock()
 	return func() {
 		r.mu.Lock()
-		r.holds--
+		if ps.holds--; ps.holds <= 0 {
+			delete(r.pending, pidFile)
+		}
 		r.mu.Unlock()
-		r.kick() // zombies may have been skipped meanwhile
+		r.kick() // a zombie may have been skipped meanwhile
 	}
+}
+
+// pendingStart is a runc invocation in flight, by its pid file.
+type pendingStart struct {
+	holds int
+	pid   int // read from the pid file by the caller; 0 until then
+}
+
+// pinPid records the pid read from a held pid file, which may be removed
+// before the process is watched.
+func (r *orphanReaper) pinPid(pidFile string, pid int) {
+	r.mu.Lock()
+	if ps := r.pending[pidFile]; ps != nil {
+		ps.pid = pid
+	}
+	r.mu.Unlock()
+}
+
+// pendingPid reports whether pid is the process of a runc invocation in
+// flight: pinned, or named by its pid file.
+func (r *orphanReaper) pendingPid(pid int) bool {
+	r.mu.Lock()
+	var files []string
+	for f, ps := range r.pending {
+		if ps.pid == pid {
+			r.mu.Unlock()
+			return true
+		}
+		if ps.pid == 0 {
+			files = append(files, f)
+		}
+	}
+	r.mu.Unlock()
+	for _, f := range files {
+		if p, err := readPidFile(f); err == nil && p == pid {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *orphanReaper) claim(pid int) {
@@ -177,11 +233,10 @@ const orphanRescanDelay = 50 * time.Millisecond
 // whether the answer was no only because reaping is held. It looks before
 // it reaps, through /proc, so it never takes a claimed exit.
 func (r *orphanReaper) reapable(pid int, self *selfView) (ok, held bool) {
-	r.mu.Lock()
-	if r.holds > 0 {
-		r.mu.Unlock()
+	if r.pendingPid(pid) {
 		return false, true
 	}
+	r.mu.Lock()
 	if r.claimed[pid] > 0 {
 		r.mu.Unlock()
 		return false, false
@@ -506,11 +561,11 @@ func isZombie(pid int) bool {
 	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
 }
 
-// holdReaping holds orphan reaping across a runc invocation whose new
-// process is not watched yet. Every watcher needs it: the reaper runs
-// whatever watcher a container uses.
-func holdReaping(ExitWatcher) func() {
-	return orphans.holdReaping()
+// holdReaping keeps the process that a runc create or exec reports in
+// pidFile from being reaped as an orphan until it is watched. Every watcher
+// needs it: the reaper runs whatever watcher a container uses.
+func holdReaping(pidFile string) func() {
+	return orphans.holdPidFile(pidFile)
 }
 
 // ReapingExitWatcher is the ExitWatcher for a program dedicated to running
@@ -574,8 +629,8 @@ func (m claimingMonitor) StartLocked(cmd *exec.Cmd) (chan runc.Exit, error) {
 }
 
 func (claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit, error) {
-	// Hold reaping across the fork: the pid is unknown until Start returns.
-	release := orphans.holdReaping()
+	// No hold is needed across the fork: exec.Cmd holds a pidfd for the
+	// child from clone on, and the reaper never takes a child a pidfd names.
 	started := make(chan error, 1)
 	ec := make(chan runc.Exit, 1)
 	go func() {
@@ -603,7 +658,6 @@ func (claimingMonitor) start(cmd *exec.Cmd, lockThread bool) (chan runc.Exit, er
 		close(ec)
 	}()
 	err := <-started
-	release()
 	if err != nil {
 		return nil, err
 	}

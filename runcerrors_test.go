@@ -3,6 +3,7 @@ package runckit_test
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,29 @@ func TestRuncErrorsCarryRuncWords(t *testing.T) {
 		if _, err := c.Wait(ctx); err != nil {
 			t.Fatal(err)
 		}
-		checkRuncError(t, "Kill", c.Kill(ctx, syscall.SIGTERM), c.ID(), "container not running", errdefs.ErrFailedPrecondition)
+		// runckit knows init has exited: its lifecycle guard answers, and
+		// runc is not asked.
+		if err := c.Kill(ctx, syscall.SIGTERM); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "stopped") {
+			t.Errorf("Kill of a stopped container = %v, want ErrFailedPrecondition saying it is stopped", err)
+		}
+	})
+	t.Run("kill-state-gone", func(t *testing.T) {
+		ctx := runckittest.Context(t, time.Minute)
+		e := newEnv(t)
+		c := e.create(ctx, runckittest.Spec(t, "sleep", "100000"))
+		if err := c.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// runc's state is removed behind runckit's back while init runs:
+		// runckit still sees a running container, runc knows none.
+		if err := os.RemoveAll(filepath.Join(e.root, c.ID())); err != nil {
+			t.Fatal(err)
+		}
+		checkRuncError(t, "Kill", c.Kill(ctx, syscall.SIGTERM), c.ID(), "container does not exist", errdefs.ErrNotFound)
+		syscall.Kill(c.Init().Pid(), syscall.SIGKILL)
+		if _, err := c.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
 	})
 	t.Run("pause-paused", func(t *testing.T) {
 		ctx := runckittest.Context(t, time.Minute)
@@ -116,7 +139,6 @@ func TestRuncErrorsCarryRuncWords(t *testing.T) {
 		runcCmd(t, e.root, "delete", "--force", c.ID()) // behind runckit's back
 		_, err := c.Pids(ctx)
 		checkRuncError(t, "Pids", err, c.ID(), "container does not exist", errdefs.ErrNotFound)
-		checkRuncError(t, "Kill", c.Kill(ctx, syscall.SIGTERM), c.ID(), "container does not exist", errdefs.ErrNotFound)
 		// runc has nothing left to delete: Delete finishes runckit's part.
 		if err := c.Delete(ctx, runckit.DeleteForce()); err != nil {
 			t.Errorf("Delete of a container runc no longer knows = %v, want nil", err)
