@@ -221,6 +221,7 @@ func loadContainer(ctx context.Context, id string, opts []Option) (_ *Container,
 			Command: r.Runtime, Root: r.RuntimeRoot,
 			Log: filepath.Join(r.Bundle, createLog), LogFormat: runc.JSON,
 			SystemdCgroup: r.Options.SystemdCgroup,
+			Setpgid:       true, // a group per invocation: see cancel.go
 		},
 		rec:           &recorder{path: path, written: r.Version},
 		recordVersion: r.Version,
