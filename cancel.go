@@ -754,8 +754,8 @@ func (c *Container) runtimeStatus(ctx context.Context) (string, error) {
 // released to run the user's program: runc's own state can still say
 // "created" when runc start was killed between releasing init and removing
 // its exec fifo. A released init leaves runc:[2:INIT] within moments (it
-// execs the program); an unreleased one stays blocked there. An init that
-// is dead counts as not released.
+// execs the program); an unreleased one stays blocked opening the fifo. An
+// init that is dead counts as not released.
 func (c *Container) initReleased(ctx context.Context) bool {
 	pid := c.init.pid
 	comm := "/proc/" + strconv.Itoa(pid) + "/comm"
@@ -767,6 +767,10 @@ func (c *Container) initReleased(ctx context.Context) bool {
 		}
 		if !strings.HasPrefix(string(name), "runc:[2:INIT]") {
 			return true
+		}
+		// Blocked opening the exec fifo until a runc start reads it.
+		if wchan, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan"); string(wchan) == "wait_for_partner" {
+			return false
 		}
 		if time.Now().After(deadline) || !sleepCtx(ctx, time.Millisecond) {
 			return false
