@@ -780,15 +780,36 @@ func (c *Container) initReleased(ctx context.Context) bool {
 
 // ---- start ----
 
+// startGrace is how long runc start may go on after the caller's context
+// ended. Killing runc start while it releases init kills init too (init's
+// write to its exec fifo fails once runc's end is closed, and init exits),
+// so runc start is given the moment it normally takes to finish.
+const startGrace = 500 * time.Millisecond
+
 // runStart runs runc start and reports whether init was released. When ctx
-// ends during the call, the answer comes from runc's state and init itself
-// (see initReleased), and the error says which way it settled.
+// ends during the call, runc start has startGrace to finish, then it is
+// killed and the answer comes from runc's state and init itself (see
+// initReleased); the error wraps ctx.Err() and says which way it settled.
 func (c *Container) runStart(ctx context.Context) (started bool, err error) {
 	if ctx.Err() != nil {
 		return false, canceledError(ctx, "start", c.id, "")
 	}
-	err = c.runtime.Start(ctx, c.id)
+	runCtx, kill := context.WithCancel(context.WithoutCancel(ctx))
+	defer kill()
+	returned := make(chan struct{})
+	defer close(returned)
+	defer context.AfterFunc(ctx, func() {
+		select {
+		case <-returned:
+		case <-time.After(startGrace):
+			kill()
+		}
+	})()
+	err = c.runtime.Start(runCtx, c.id)
 	if err == nil {
+		if ctx.Err() != nil {
+			return true, settledError(fmt.Errorf("runckit: start container %q: %w", c.id, context.Cause(ctx)), "init started anyway")
+		}
 		return true, nil
 	}
 	err = newRuntimeError(ctx, "start", c.id, "", "", err)

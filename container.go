@@ -329,11 +329,14 @@ func (c *Container) publishLocked(e Event) {
 // Start starts the container's init process with runc start.
 //
 // Context: if ctx is already done, nothing is run or changed. If it ends
-// while runc start runs, runc is killed and Start settles what happened
-// from runc's state before it returns an error wrapping ctx.Err(): if init
-// was released the container is running (start event published; the error
-// says it started anyway), otherwise it is still created and Start may be
-// called again.
+// while runc start runs, runc start is given half a second to finish
+// (killing it while it releases init would kill init), then killed, and
+// Start settles what happened from runc's state and init before it returns
+// an error wrapping ctx.Err(): if init was released the container is
+// running (start event published; the error says it started anyway);
+// otherwise it is still created and Start may be called again, unless runc
+// was killed at the very moment of release and init died of it (the error
+// says init is stopped; its exit is published as usual).
 func (c *Container) Start(ctx context.Context) error {
 	c.mu.Lock()
 	if c.deleted || c.deleting {
