@@ -49,7 +49,7 @@ type cancelLab struct {
 	rec  *runckittest.Recorder
 
 	tries, canceled, completed, found int
-	points                                []time.Duration
+	points                            []time.Duration
 }
 
 func newCancelLab(t *testing.T) *cancelLab {
@@ -873,7 +873,10 @@ func stalledCancel(t *testing.T, action faultrunc.Action, sub string) {
 	}
 	limit := int64(500)
 	call := map[string]func(context.Context) error{
-		"create": func(ctx context.Context) (err error) { c, err = runckit.NewContainer(ctx, id, bundle, opts...); return err },
+		"create": func(ctx context.Context) (err error) {
+			c, err = runckit.NewContainer(ctx, id, bundle, opts...)
+			return err
+		},
 		"exec":   func(ctx context.Context) error { return p.Start(ctx) },
 		"start":  func(ctx context.Context) error { return c.Start(ctx) },
 		"delete": func(ctx context.Context) error { return c.Delete(ctx, runckit.DeleteForce()) },
