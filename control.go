@@ -202,6 +202,10 @@ const StopSignalAnnotation = "org.opencontainers.image.stopSignal"
 // Stop sends the container's stop signal (StopSignalAnnotation in its spec,
 // or SIGTERM) to init, waits up to grace for it to exit, then kills every
 // process with SIGKILL. It returns init's exit status.
+//
+// Context: ctx bounds the whole of it; when it ends, Stop returns an error
+// wrapping ctx.Err() as Kill and Wait do, and the container may or may not
+// have been signalled (see Kill).
 func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, error) {
 	if err := c.Kill(ctx, c.stopSignal); err != nil && !errdefs.IsNotFound(err) {
 		return ExitStatus{}, err
