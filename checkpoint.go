@@ -65,6 +65,12 @@ func (o RestoreOptions) criuOptions() runc.CheckpointOpts {
 
 // Checkpoint saves the running container's processes to an image with runc
 // checkpoint (CRIU).
+//
+// Context: if ctx is already done, nothing is run or changed. If it ends
+// while runc checkpoint runs, runc and CRIU are killed and, if that left
+// the container frozen, it is thawed; Checkpoint returns an error wrapping
+// ctx.Err(). What CRIU wrote to ImagePath so far (the caller's directory)
+// is left as it is and is not a usable image.
 func (c *Container) Checkpoint(ctx context.Context, o CheckpointOptions) error {
 	if o.ImagePath == "" {
 		return fmt.Errorf("runckit: checkpoint container %q: no image path: %w", c.id, errdefs.ErrInvalidArgument)
@@ -83,16 +89,16 @@ func (c *Container) Checkpoint(ctx context.Context, o CheckpointOptions) error {
 	if o.LeaveRunning {
 		actions = append(actions, runc.LeaveRunning)
 	}
-	if err := c.runtime.Checkpoint(ctx, c.id, &opts, actions...); err != nil {
-		return newRuntimeError(ctx, "checkpoint", c.id, "", "", err)
-	}
-	return nil
+	return c.runCheckpoint(ctx, &opts, actions)
 }
 
 // Restore creates container id from bundleDir with its processes restored
 // from a checkpoint image (runc restore). It takes the options NewContainer
 // takes; the container comes back running, so its stream starts with create
 // and start.
+//
+// Context: as for NewContainer; when ctx ends during runc restore, CRIU and
+// the restored processes are killed too.
 func Restore(ctx context.Context, id, bundleDir string, ro RestoreOptions, opts ...Option) (*Container, error) {
 	if ro.ImagePath == "" {
 		return nil, fmt.Errorf("runckit: restore container %q: no image path: %w", id, errdefs.ErrInvalidArgument)

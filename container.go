@@ -65,6 +65,9 @@ type Container struct {
 	recordVersion uint64
 	deleting      bool
 	deleted       bool
+
+	cgroups []cgroupDir // the container's cgroup in each hierarchy (cancel.go)
+	starts  execStarts  // exec starts in flight, for stray clean-up (cancel.go)
 }
 
 // registry reserves container IDs per runtime root, so two NewContainer
@@ -160,6 +163,15 @@ func normalizeRoot(dir string) (string, error) {
 //   - A ReapingExitWatcher also replaces go-runc's global Monitor.
 //
 // runckittest.IgnoreRunckitGoroutines tells goleak about the goroutine.
+//
+// Context: if ctx is already done, runc is not run. If it ends while runc
+// create runs (or as it finishes), runc and its helpers are killed and
+// everything they made is removed before NewContainer returns an error
+// wrapping ctx.Err(): runtime state, init, every process and directory of
+// the cgroups runc made for the container (cgroupfs driver; with the
+// systemd driver runc delete --force is all the clean-up, see cancel.go),
+// runc's pid files, and runckit's own files and mounts. The same ID and
+// bundle can be used again at once.
 func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (*Container, error) {
 	return newContainer(ctx, id, bundleDir, nil, opts)
 }
@@ -215,6 +227,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	}
 	c.sharedPID = sharesPIDNamespace(spec)
 	c.procTemplate = spec.Process
+	c.cgroups = containerCgroups(spec, id, cfg.runtimeOpts.SystemdCgroup)
 	if c.stopSignal, err = parseStopSignal(spec); err != nil {
 		return nil, err
 	}
@@ -285,24 +298,32 @@ func makeContainer(id, bundle, runtimePath string, cfg containerConfig, watcher 
 			Log:           filepath.Join(bundle, createLog(id)),
 			LogFormat:     runc.JSON,
 			SystemdCgroup: cfg.runtimeOpts.SystemdCgroup,
+			Setpgid:       true, // a group per invocation: see cancel.go
 		},
 	}
 }
 
 // runCreate runs runc create (or runc restore --detach) and returns init's
-// pid with its IO started. On failure it leaves no runtime state and no
-// open IO.
+// pid with its IO started. On failure, or when ctx ends before it is done,
+// it leaves no runtime state, cgroup, helper process, pid file or open IO.
 func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int, *processIO, error) {
+	step := "create"
+	if restore != nil {
+		step = "restore"
+	}
+	if ctx.Err() != nil {
+		return 0, nil, canceledError(ctx, step, c.id, "")
+	}
 	pio, err := newProcessIO(c.cfg.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
 	}
 	os.Remove(c.runtime.Log) // the log must hold this create's messages only
 	pidFile := filepath.Join(c.bundle, initPidFile(c.id))
-	os.Remove(pidFile) // a stale pid must never be taken for this init's
-	step := "create"
+	removePidFiles(pidFile) // a stale pid must never be taken for this init's
+	runCtx, g := guardRunc(ctx, c.cfg.runtimeRoot, step, pidFile, c.id)
 	if restore == nil {
-		err = c.runtime.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
+		err = c.runtime.Create(runCtx, c.id, c.bundle, &runc.CreateOpts{
 			IO:            pio.runcIO(),
 			PidFile:       pidFile,
 			ConsoleSocket: pio.consoleSocket(), // create always detaches
@@ -310,8 +331,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 			NoNewKeyring:  c.cfg.runtimeOpts.NoNewKeyring,
 		})
 	} else {
-		step = "restore"
-		_, err = c.runtime.Restore(ctx, c.id, c.bundle, &runc.RestoreOpts{
+		_, err = c.runtime.Restore(runCtx, c.id, c.bundle, &runc.RestoreOpts{
 			CheckpointOpts: restore.criuOptions(),
 			IO:             pio.runcIO(),
 			Detach:         true,
@@ -321,15 +341,25 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 			ConsoleSocket:  pio.consoleSocket(),
 		})
 	}
+	if g.finish() && err == nil {
+		// runc finished as the context ended, and its helpers (init among
+		// them, until it calls setsid) were killed with it: void.
+		err = fmt.Errorf("runckit: %s container %q: killed as it finished: %w", step, c.id, context.Cause(ctx))
+	}
 	if err != nil {
 		pio.abort()
 		rerr := newRuntimeError(ctx, step, c.id, "", c.runtime.Log, err)
-		// runc may leave a half-made container behind; but one that
-		// "already exists" is another's, made since reserveID looked.
-		if !errdefs.IsAlreadyExists(rerr) {
-			c.forceDelete()
+		// runc may leave a half-made container behind: state, cgroups,
+		// helpers, init. But one that "already exists" is another's, made
+		// since reserveID looked: its state and cgroups are not ours.
+		if errdefs.IsAlreadyExists(rerr) {
+			rctx, cancel := cleanupContext(ctx)
+			g.reap(rctx)
+			cancel()
+			removePidFiles(pidFile)
+		} else {
+			c.undoCreate(ctx, g, c.cgroups, pidFile)
 		}
-		reapStray(pidFile, false)
 		return 0, nil, rerr
 	}
 	pid, err := readPidFile(pidFile)
@@ -341,11 +371,8 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 	}
 	if err != nil {
 		pio.abort()
-		c.forceDelete()
-		if pid > 0 {
-			reapPid(pid)
-		}
-		return 0, nil, fmt.Errorf("runckit: create container %q: %w", c.id, err)
+		c.undoCreate(ctx, g, c.cgroups, pidFile) // kills and reaps init too
+		return 0, nil, fmt.Errorf("runckit: %s container %q: %w", step, c.id, err)
 	}
 	return pid, pio, nil
 }
@@ -376,6 +403,16 @@ func (c *Container) publishLocked(e Event) {
 }
 
 // Start starts the container's init process with runc start.
+//
+// Context: if ctx is already done, nothing is run or changed. If it ends
+// while runc start runs, runc start is given half a second to finish
+// (killing it while it releases init would kill init), then killed, and
+// Start settles what happened from runc's state and init before it returns
+// an error wrapping ctx.Err(): if init was released the container is
+// running (start event published; the error says it started anyway);
+// otherwise it is still created and Start may be called again, unless runc
+// was killed at the very moment of release and init died of it (the error
+// says init is stopped; its exit is published as usual).
 func (c *Container) Start(ctx context.Context) error {
 	c.mu.Lock()
 	if err := c.checkLocked(opStart); err != nil {
@@ -385,17 +422,16 @@ func (c *Container) Start(ctx context.Context) error {
 	c.init.state = stateStarting
 	c.mu.Unlock()
 
-	err := c.runtime.Start(ctx, c.id)
-	if err == nil {
+	started, err := c.runStart(ctx)
+	if started {
 		awaitExecve(c.init.pid)
 	}
 
 	defer c.saveRecord() // after the unlock below: a held exit may be handled
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err != nil {
+	if !started {
 		c.init.state = stateCreated
-		err = newRuntimeError(ctx, "start", c.id, "", "", err)
 	} else {
 		c.init.state = stateRunning
 		c.publishLocked(Event{Kind: EventStart, Pid: c.init.pid})
@@ -476,6 +512,11 @@ func (c *Container) Processes() []*Process {
 
 // Kill sends sig to init with runc kill, or to every process of the
 // container with KillAll.
+//
+// Context: if ctx is already done, no signal is sent. If it ends while runc
+// kill runs, runc is killed and Kill returns an error wrapping ctx.Err():
+// the signal may or may not have been delivered (with KillAll, to some of
+// the processes only). Nothing else is left to undo.
 func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOption) error {
 	if err := validateSignal(sig); err != nil {
 		return err
@@ -489,6 +530,9 @@ func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOp
 	c.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	if ctx.Err() != nil {
+		return canceledError(ctx, "kill", c.id, "")
 	}
 	if err := c.runtime.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: kc.all}); err != nil {
 		return newRuntimeError(ctx, "kill", c.id, "", "", err)
@@ -532,6 +576,12 @@ func (c *Container) State(ctx context.Context) (ContainerState, error) {
 // and removes runckit's files from the bundle. A running container is
 // refused unless DeleteForce is given. The delete event is the container's
 // last; Delete returns once the sink has received it or ctx is done.
+//
+// Context: if ctx is already done, nothing is run or changed. If it ends
+// while runc delete runs, runc is killed and Delete asks runc's state: if
+// the container is gone, Delete finishes (init's exit, delete event, ID
+// freed) before it returns an error wrapping ctx.Err() that says it was
+// deleted anyway; otherwise the container stays and Delete may be retried.
 func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 	var dc deleteConfig
 	for _, o := range opts {
@@ -549,30 +599,41 @@ func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 	c.deleting = true
 	c.mu.Unlock()
 
-	err := c.runtime.Delete(ctx, c.id, &runc.DeleteOpts{Force: dc.force || c.init.Status() == StatusCreated})
-	if err != nil {
-		rerr := newRuntimeError(ctx, "delete", c.id, "", "", err)
-		if !errdefs.IsNotFound(rerr) {
-			c.mu.Lock()
-			c.deleting = false
-			c.mu.Unlock()
-			return rerr
-		}
+	gone, err := c.runDelete(ctx, dc.force || c.init.Status() == StatusCreated)
+	if !gone {
+		c.mu.Lock()
+		c.deleting = false
+		c.mu.Unlock()
+		return err
 	}
 	// runc delete killed init if it was alive; its exit event must precede
 	// the delete event.
 	select {
-	case <-c.init.done:
-	case <-ctx.Done():
-		// runc has deleted the container, so init's exit is coming; the
-		// delete event must follow it, so the rest happens then.
-		go func() {
-			<-c.init.done
-			c.finishDelete()
-		}()
-		return fmt.Errorf("runckit: delete container %q: waiting for init to exit: %w", c.id, ctx.Err())
+	case <-c.init.done: // already exited: ctx does not matter
+	case <-orNever(c.init.done, ctx.Done()):
+		// runc has deleted the container, so init's exit is coming: wait
+		// for it privately, so that the ID is free when Delete returns.
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		select {
+		case <-c.init.done:
+		case <-cctx.Done():
+			// The delete event must follow init's exit, so the rest
+			// happens then.
+			go func() {
+				<-c.init.done
+				c.finishDelete()
+			}()
+			return fmt.Errorf("runckit: delete container %q: waiting for init to exit: %w", c.id, ctx.Err())
+		}
+		if err == nil {
+			err = fmt.Errorf("runckit: delete container %q: %w", c.id, context.Cause(ctx))
+		}
 	}
 	c.finishDelete()
+	if err != nil {
+		return settledError(err, "deleted anyway")
+	}
 	c.events.flush(ctx)
 	return nil
 }

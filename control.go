@@ -31,12 +31,23 @@ func (f freezeState) String() string {
 
 // Pause freezes every process of the container with runc pause and
 // publishes a pause event. Execs can not start while it is paused.
+//
+// Context: if ctx is already done, nothing is run or changed. If it ends
+// while runc pause runs, the freeze is undone (runc resume) so that no
+// half-frozen cgroup is left, and Pause returns an error wrapping
+// ctx.Err(); the container is running again, unless the thaw failed, in
+// which case it is reported paused, as runc's state says.
 func (c *Container) Pause(ctx context.Context) error {
 	return c.changeFreeze(ctx, opPause, "pause", thawed, freezing, frozen, EventPause, c.runtime.Pause)
 }
 
 // Resume thaws a paused container with runc resume and publishes a resume
 // event.
+//
+// Context: if ctx is already done, nothing is run or changed. If it ends
+// while runc resume runs, Resume settles from runc's state before it
+// returns an error wrapping ctx.Err(): still paused, or running (resume
+// event published; the error says it resumed anyway).
 func (c *Container) Resume(ctx context.Context) error {
 	return c.changeFreeze(ctx, opResume, "resume", frozen, thawing, thawed, EventResume, c.runtime.Resume)
 }
@@ -51,18 +62,16 @@ func (c *Container) changeFreeze(ctx context.Context, op operation, step string,
 	c.freeze = during
 	c.mu.Unlock()
 
-	err := run(ctx, c.id)
+	settled, err := c.runFreeze(ctx, step, from, to, run)
 
 	defer c.saveRecord() // after the unlock: the record keeps the last event's Seq
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err != nil {
-		c.freeze = from
-		return newRuntimeError(ctx, step, c.id, "", "", err)
+	c.freeze = settled
+	if settled == to {
+		c.publishLocked(Event{Kind: kind, Pid: c.init.pid})
 	}
-	c.freeze = to
-	c.publishLocked(Event{Kind: kind, Pid: c.init.pid})
-	return nil
+	return err
 }
 
 // runcCPUQuotaMin is the smallest CFS quota runc accepts, in microseconds.
@@ -71,6 +80,11 @@ const runcCPUQuotaMin = 1000
 // Update changes the container's resource limits with runc update.
 // Limits that runc would refuse are refused first, with
 // ErrInvalidArgument, and nothing is changed.
+//
+// Context: if ctx is already done, nothing is run or changed. If it ends
+// while runc update runs, runc is killed and Update returns an error
+// wrapping ctx.Err(): some of the limits may have been applied and others
+// not; call Update again to be sure of them.
 func (c *Container) Update(ctx context.Context, r *specs.LinuxResources) error {
 	if err := validateResources(r); err != nil {
 		return fmt.Errorf("runckit: update container %q: %w", c.id, err)
@@ -80,6 +94,9 @@ func (c *Container) Update(ctx context.Context, r *specs.LinuxResources) error {
 	c.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	if ctx.Err() != nil {
+		return canceledError(ctx, "update", c.id, "")
 	}
 	if err := c.runtime.Update(ctx, c.id, r); err != nil {
 		return newRuntimeError(ctx, "update", c.id, "", "", err)
@@ -131,12 +148,18 @@ type ProcessInfo struct {
 
 // Pids lists the container's processes with runc ps, tagging each exec's
 // process with its exec ID.
+//
+// Context: if ctx ends before or while runc ps runs, Pids returns an error
+// wrapping ctx.Err(); runc ps changes nothing, so there is nothing to undo.
 func (c *Container) Pids(ctx context.Context) ([]ProcessInfo, error) {
 	c.mu.Lock()
 	err := c.checkLocked(opPids)
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
+	}
+	if ctx.Err() != nil {
+		return nil, canceledError(ctx, "ps", c.id, "")
 	}
 	pids, err := c.runtime.Ps(ctx, c.id)
 	if err != nil {
@@ -166,6 +189,10 @@ const StopSignalAnnotation = "org.opencontainers.image.stopSignal"
 // process with SIGKILL. It returns init's exit status. A paused container
 // is resumed first, so that its processes can act on the signal; when init had
 // exited, or was exiting, before the signal, Stop returns that exit.
+//
+// Context: ctx bounds the whole of it; when it ends, Stop returns an error
+// wrapping ctx.Err() as Kill and Wait do, and the container may or may not
+// have been signalled (see Kill).
 func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, error) {
 	c.mu.Lock()
 	err := c.checkLocked(opStop)

@@ -128,6 +128,13 @@ func (p *Process) name() string {
 // Start runs the process. For init it is Container.Start; for an exec it
 // runs runc exec. The exec's start event is published before its exit event,
 // however quickly it exits.
+//
+// Context (exec): if ctx is already done, nothing is run or changed. If it
+// ends while runc exec runs, runc and its helpers are killed, and so is the
+// exec's process if runc got as far as starting it; Start returns an error
+// wrapping ctx.Err() with no exec-started event, the exec is created again
+// and may be started again under the same ID. A concurrent start of another
+// exec of the container is never touched (see execStarts in cancel.go).
 func (p *Process) Start(ctx context.Context) error {
 	if p.id == "" {
 		return p.c.Start(ctx)
@@ -287,8 +294,10 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 
 	release := sync.OnceFunc(holdReaping(c.execPidFile(p.id))) // until the exec's pid is watched
 	defer release()
+	c.starts.begin()
 	pid, pio, err := c.runExec(ctx, p)
 	if err != nil {
+		c.starts.end()
 		// No pid to watch: let orphans be reaped again, for a dying init
 		// waits for the zombies of its PID namespace (runc's helper for this
 		// exec among them). Outside the lock: it may wait a moment.
@@ -323,6 +332,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		pidfd.signal(syscall.SIGKILL)
 	}
 	c.mu.Unlock()
+	c.starts.end() // the pid is tracked: no stray sweep may take it now
 
 	recordStartTime(p)
 	c.saveRecord()
@@ -407,24 +417,41 @@ func (c *Container) initGone(wait time.Duration) bool {
 // runExec invokes runc exec --detach and returns the new process's pid with
 // its IO started.
 func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, error) {
+	if ctx.Err() != nil {
+		return 0, nil, canceledError(ctx, "exec", c.id, p.id)
+	}
 	pio, err := newProcessIO(p.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
 	}
 	pidFile := c.execPidFile(p.id)
 	logFile := c.stateFile("exec-" + p.id + ".log.json")
-	os.Remove(pidFile) // a stale pid must never be taken for this exec's
-	defer os.Remove(pidFile)
+	removePidFiles(pidFile) // a stale pid must never be taken for this exec's
+	defer removePidFiles(pidFile)
 	defer os.Remove(logFile)
 	spec := *p.spec
 	spec.Terminal = p.stdio.Terminal
-	err = c.runtime.Exec(ctx, c.id, spec, &runc.ExecOpts{
+	since := nowTicks()
+	runCtx, g := guardRunc(ctx, c.cfg.runtimeRoot, "exec", pidFile, c.id)
+	runcPid := make(chan int, 1)
+	g.started(runcPid)
+	err = c.runtime.Exec(runCtx, c.id, spec, &runc.ExecOpts{
 		IO:            pio.runcIO(),
 		PidFile:       pidFile,
 		LogFile:       logFile,
 		ConsoleSocket: pio.consoleSocket(),
 		Detach:        true,
+		Started:       runcPid,
 	})
+	if g.finish() {
+		if err == nil {
+			err = fmt.Errorf("killed as it finished: %w", context.Cause(ctx))
+		}
+		pio.abort()
+		rerr := newRuntimeError(ctx, "exec", c.id, p.id, logFile, err)
+		c.undoExec(ctx, g, pidFile, since)
+		return 0, nil, rerr
+	}
 	if err != nil {
 		pio.abort()
 		rerr := newRuntimeError(ctx, "exec", c.id, p.id, logFile, err)
