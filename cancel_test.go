@@ -222,7 +222,7 @@ func (l *cancelLab) leftovers(id, bundle string, exists bool) []string {
 	}
 	allowed := map[string]bool{"config.json": true}
 	if exists {
-		allowed["runckit.json"], allowed["init.pid"], allowed["runckit-log.json"] = true, true, true
+		allowed["runckit.json"], allowed["init-"+id+".pid"], allowed["runckit-log-"+id+".json"] = true, true, true
 	}
 	entries, _ := os.ReadDir(bundle)
 	for _, e := range entries {
