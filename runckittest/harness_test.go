@@ -78,7 +78,7 @@ func TestHarnessWaits(t *testing.T) {
 
 	c2 := runckittest.Start(t, runckittest.Options{Args: []string{"sleep", "1000"}})
 	start := time.Now()
-	err := runckittest.ForLog("never").WithTimeout(300 * time.Millisecond).WaitFor(context.Background(), c2)
+	err := runckittest.ForLog("never").WithTimeout(300*time.Millisecond).WaitFor(context.Background(), c2)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "never") {
 		t.Errorf("ForLog past its deadline: %v", err)
 	}
