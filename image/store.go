@@ -1,6 +1,9 @@
 package image
 
 import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/klauspost/compress/zstd"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -268,7 +272,11 @@ func (s *Store) blob(ctx context.Context, l v1.Layer, diffID v1.Hash) (string, e
 	}
 	final := filepath.Join(s.dir, "blobs", "sha256", diffID.Hex)
 	err := s.once(ctx, "blob-"+diffID.Hex, final, func(tmp string) error {
-		rc, err := l.Uncompressed()
+		digest, err := l.Digest()
+		if err != nil {
+			return err
+		}
+		rc, err := l.Compressed()
 		if err != nil {
 			return err
 		}
@@ -277,20 +285,69 @@ func (s *Store) blob(ctx context.Context, l v1.Layer, diffID v1.Hash) (string, e
 		if err != nil {
 			return err
 		}
-		h := sha256.New()
-		_, err = io.Copy(io.MultiWriter(f, h), ctxReader{ctx, rc})
+		// The compressed stream is hashed as it is read, so that a failure
+		// to decompress can be told apart from content that is not what
+		// its digest says.
+		blobHash := sha256.New()
+		compressed := io.TeeReader(ctxReader{ctx, rc}, blobHash)
+		diffHash := sha256.New()
+		err = decompress(compressed, io.MultiWriter(f, diffHash))
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			_, derr := io.Copy(io.Discard, compressed)
+			switch {
+			case derr != nil: // the source's own error: a dropped connection, a failed check
+				return fmt.Errorf("%v; then: %w", err, derr)
+			case digest.Algorithm == "sha256" && hex.EncodeToString(blobHash.Sum(nil)) != digest.Hex:
+				return fmt.Errorf("blob %s does not match its digest (%v): %w", digest, err, errdefs.ErrDataLoss)
+			}
+			return fmt.Errorf("blob %s: %v: %w", digest, err, errdefs.ErrDataLoss)
+		}
+		// Read to the end, so that the source checks the digest too.
+		if _, err := io.Copy(io.Discard, compressed); err != nil {
 			return err
 		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != diffID.Hex {
+		if digest.Algorithm == "sha256" && hex.EncodeToString(blobHash.Sum(nil)) != digest.Hex {
+			return fmt.Errorf("blob is sha256:%x, its digest says %s: %w", blobHash.Sum(nil), digest, errdefs.ErrDataLoss)
+		}
+		if got := hex.EncodeToString(diffHash.Sum(nil)); got != diffID.Hex {
 			return fmt.Errorf("layer content is sha256:%s, its diff ID says %s: %w", got, diffID, errdefs.ErrDataLoss)
 		}
 		return nil
 	})
 	return final, err
+}
+
+// decompress copies r to w, gunzipping or un-zstd-ing it when it starts
+// with the magic of either; a plain tar passes as is.
+func decompress(r io.Reader, w io.Writer) error {
+	br := bufio.NewReader(r)
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return fmt.Errorf("gzip: %w", err)
+		}
+		defer zr.Close()
+		_, err = io.Copy(w, zr)
+		return err
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return fmt.Errorf("zstd: %w", err)
+		}
+		defer zr.Close()
+		_, err = io.Copy(w, zr)
+		return err
+	}
+	_, err := io.Copy(w, br)
+	return err
 }
 
 // ctxReader ends a copy when ctx ends.
