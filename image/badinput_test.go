@@ -2,8 +2,8 @@ package image_test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"context"
+	"crypto/rand"
 	"errors"
 	"net/http"
 	"os"

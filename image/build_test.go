@@ -29,8 +29,10 @@ type entry struct {
 	xattrs   map[string]string
 }
 
-func file(name, data string) entry { return entry{name: name, typ: tar.TypeReg, data: data, mode: 0o644} }
-func dir(name string) entry        { return entry{name: name, typ: tar.TypeDir, mode: 0o755} }
+func file(name, data string) entry {
+	return entry{name: name, typ: tar.TypeReg, data: data, mode: 0o644}
+}
+func dir(name string) entry { return entry{name: name, typ: tar.TypeDir, mode: 0o755} }
 func symlink(name, target string) entry {
 	return entry{name: name, typ: tar.TypeSymlink, link: target, mode: 0o777}
 }
