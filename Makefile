@@ -3,6 +3,9 @@
 #   make test   runs the test suite (race detector on)
 GO ?= go
 TESTFLAGS ?= -race -count=1 -timeout 15m
+# Modules of their own, so that runckit does not depend on what they use
+# (go-containerregistry); `go test ./...` at the root does not enter them.
+NESTED := image examples/harness
 
 .PHONY: deps demo test vet bench-quick
 
@@ -19,12 +22,14 @@ demo: deps
 
 vet:
 	$(GO) vet ./...
+	@for m in $(NESTED); do (cd $$m && $(GO) vet ./...) || exit 1; done
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 # The bench's -quick smoke run keeps the benchmark program from rotting;
 # it asserts nothing about speed.
 test: deps vet
 	$(GO) test $(TESTFLAGS) ./...
+	@for m in $(NESTED); do echo "== $$m"; (cd $$m && $(GO) test $(TESTFLAGS) ./...) || exit 1; done
 	$(GO) run ./bench -quick
 
 bench-quick: deps
