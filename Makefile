@@ -2,7 +2,7 @@
 #   make demo   runs examples/quickstart
 #   make test   runs the test suite (race detector on)
 GO ?= go
-TESTFLAGS ?= -race -count=1 -timeout 15m
+TESTFLAGS ?= -race -count=1 -timeout 30m
 # Modules of their own, so that runckit does not depend on what they use
 # (go-containerregistry); `go test ./...` at the root does not enter them.
 NESTED := image examples/harness
