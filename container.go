@@ -39,7 +39,11 @@ type Container struct {
 	// sharedPID is true when init does not own its PID namespace (the
 	// host's, or one joined by path), so that init's exit does not end the
 	// other processes: runckit kills them (DESIGN.md rule 7).
-	sharedPID  bool
+	sharedPID bool
+	// pidNS is the inode of init's PID namespace when it is the
+	// container's own, else 0: where its execs' processes live, for the
+	// orphan reaper's holds. Set before the container is shared.
+	pidNS      uint64
 	stopSignal syscall.Signal // what Stop sends first
 	mounts     []string       // rootfs mount targets, for the record
 	// undo reverses what NewContainer did outside runc (mounts, files).
@@ -233,7 +237,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	}
 
 	c.init = newProcess(c, "", nil, cfg.stdio)
-	release := holdReaping(filepath.Join(c.bundle, initPidFile(c.id))) // until init's pid is watched
+	release := holdReaping(0) // until init's pid is watched: it is in a namespace not known yet
 	defer release()
 	step := "create"
 	if restore != nil {
@@ -254,7 +258,10 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	c.events = newEventQueue(cfg.sink)
 	oom := c.newOOMWatch(pid)
 	if !c.sharedPID {
-		c.undo = append(c.undo, manageNamespace(pid))
+		if ino, err := pidNamespaceOf(pid); err == nil {
+			c.pidNS = ino
+			c.undo = append(c.undo, manageNamespaceInode(ino))
+		}
 	}
 	c.mu.Lock()
 	c.oom = oom
@@ -363,9 +370,6 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 		return 0, nil, rerr
 	}
 	pid, err := readPidFile(pidFile)
-	if err == nil {
-		orphans.pinPid(pidFile, pid)
-	}
 	if err == nil {
 		err = pio.started(ctx)
 	}

@@ -292,7 +292,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.activeExecs++
 	c.mu.Unlock()
 
-	release := sync.OnceFunc(holdReaping(c.execPidFile(p.id))) // until the exec's pid is watched
+	release := sync.OnceFunc(holdReaping(c.pidNS)) // until the exec's pid is watched
 	defer release()
 	c.starts.begin()
 	pid, pio, err := c.runExec(ctx, p)
@@ -461,9 +461,6 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 		return 0, nil, rerr
 	}
 	pid, err := readPidFile(pidFile)
-	if err == nil {
-		orphans.pinPid(pidFile, pid) // the file goes before the pid is watched
-	}
 	if err == nil {
 		err = pio.started(ctx)
 	}

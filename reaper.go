@@ -47,13 +47,13 @@ import (
 // not watched, claimed or named by a pidfd.
 //
 // The one process a runc create or exec in flight is about to report is
-// not reaped until it is watched (holdPidFile).
+// not reaped until it is watched (holdScope).
 type orphanReaper struct {
 	mu      sync.Mutex  // guards the fields below
 	claimed map[int]int // pid -> claims by go-runc commands (shim mode)
-	// pending are the pid files of runc create/exec invocations whose new
-	// process is not watched yet, with the pid once it has been read.
-	pending  map[string]*pendingStart
+	// holds counts the runc create/exec invocations in flight whose new
+	// process is not watched yet, by where that process may be (holdScope).
+	holds    map[uint64]int
 	reapAll  bool // shim mode: reap every unclaimed zombie
 	watchers []*pidfdWatcher
 	started  bool
@@ -75,7 +75,7 @@ type orphanReaper struct {
 // properties of the process.
 var orphans = &orphanReaper{
 	claimed:  make(map[int]int),
-	pending:  make(map[string]*pendingStart),
+	holds:    make(map[uint64]int),
 	sessions: make(map[int]bool),
 	signals:  make(chan os.Signal, 1),
 }
@@ -115,70 +115,54 @@ func (r *orphanReaper) register(w *pidfdWatcher) {
 	}
 }
 
-// holdPidFile keeps the process that pidFile will name from being reaped
-// as an orphan until the returned func is called. While runc runs, its new
-// process is runc's child, not ours; it becomes ours when runc exits, and
-// runc writes the pid file before it exits. So a zombie child of ours that
-// is the new process is always named by the pid file by the time the
-// reaper sees it, and only that one zombie needs to wait: every other
-// orphan (a helper of a failed runc, which a dying init may be waiting for)
-// is reaped at once, however many invocations are in flight.
-func (r *orphanReaper) holdPidFile(pidFile string) (release func()) {
+// holdScope keeps the zombies that may be the new process of a runc create
+// or exec in flight from being reaped as orphans, until the returned func
+// is called (once that process is watched). runc's new process becomes this
+// program's child early, before runc has written its pid file: its parent,
+// runc's helper, exits while runc still runs. So what may be it is told by
+// where it lives: an exec's process is in its container's PID namespace
+// (scope is that namespace's inode); a create's init is in a namespace
+// runckit does not know yet, and an exec in a shared PID namespace is in
+// the host's (scope 0 holds every namespace that is not a known
+// container's). Zombies elsewhere, runc's helpers that never become the new
+// process among them, are reaped at once: a dying init may be waiting for
+// them, however many other runc calls are in flight.
+func (r *orphanReaper) holdScope(scope uint64) (release func()) {
 	r.mu.Lock()
-	ps := r.pending[pidFile]
-	if ps == nil {
-		ps = &pendingStart{}
-		r.pending[pidFile] = ps
-	}
-	ps.holds++
+	r.holds[scope]++
 	r.mu.Unlock()
 	return func() {
 		r.mu.Lock()
-		if ps.holds--; ps.holds <= 0 {
-			delete(r.pending, pidFile)
+		if r.holds[scope]--; r.holds[scope] <= 0 {
+			delete(r.holds, scope)
 		}
 		r.mu.Unlock()
 		r.kick() // a zombie may have been skipped meanwhile
 	}
 }
 
-// pendingStart is a runc invocation in flight, by its pid file.
-type pendingStart struct {
-	holds int
-	pid   int // read from the pid file by the caller; 0 until then
-}
-
-// pinPid records the pid read from a held pid file, which may be removed
-// before the process is watched.
-func (r *orphanReaper) pinPid(pidFile string, pid int) {
+// heldZombie reports whether zombie pid may be the new process of a runc
+// create or exec in flight.
+func (r *orphanReaper) heldZombie(pid int) bool {
 	r.mu.Lock()
-	if ps := r.pending[pidFile]; ps != nil {
-		ps.pid = pid
-	}
+	n := len(r.holds)
 	r.mu.Unlock()
-}
-
-// pendingPid reports whether pid is the process of a runc invocation in
-// flight: pinned, or named by its pid file.
-func (r *orphanReaper) pendingPid(pid int) bool {
+	if n == 0 {
+		return false
+	}
+	// runc's first two helpers never become the new process.
+	switch commOf(pid) {
+	case "runc:[0:PARENT]", "runc:[1:CHILD]":
+		return false
+	}
+	ns, err := pidNamespaceOf(pid)
+	if err != nil {
+		return true
+	}
+	managed := isManagedPIDNamespace(ns)
 	r.mu.Lock()
-	var files []string
-	for f, ps := range r.pending {
-		if ps.pid == pid {
-			r.mu.Unlock()
-			return true
-		}
-		if ps.pid == 0 {
-			files = append(files, f)
-		}
-	}
-	r.mu.Unlock()
-	for _, f := range files {
-		if p, err := readPidFile(f); err == nil && p == pid {
-			return true
-		}
-	}
-	return false
+	defer r.mu.Unlock()
+	return r.holds[ns] > 0 || (r.holds[0] > 0 && !managed)
 }
 
 func (r *orphanReaper) claim(pid int) {
@@ -233,7 +217,7 @@ const orphanRescanDelay = 50 * time.Millisecond
 // whether the answer was no only because reaping is held. It looks before
 // it reaps, through /proc, so it never takes a claimed exit.
 func (r *orphanReaper) reapable(pid int, self *selfView) (ok, held bool) {
-	if r.pendingPid(pid) {
+	if r.heldZombie(pid) {
 		return false, true
 	}
 	r.mu.Lock()
@@ -488,18 +472,9 @@ func pidNamespaceOf(pid int) (uint64, error) {
 	return st.Ino, nil
 }
 
-// manageNamespace marks the PID namespace of init pid as a runckit
-// container's; the returned func unmarks it.
-func manageNamespace(pid int) (release func()) {
-	ino, err := pidNamespaceOf(pid)
-	if err != nil {
-		return func() {}
-	}
-	return manageNamespaceInode(ino)
-}
-
-// manageNamespaceInode marks the PID namespace with inode ino, found by a
-// caller that made sure whose it is (adoption, where init is not our child).
+// manageNamespaceInode marks the PID namespace with inode ino as a runckit
+// container's; the returned func unmarks it. The caller made sure whose it
+// is (init is its unreaped child, or adoption checked it through a pidfd).
 func manageNamespaceInode(ino uint64) (release func()) {
 	managedPIDNamespaces.Lock()
 	managedPIDNamespaces.inodes[ino]++
@@ -519,9 +494,12 @@ func manageNamespaceInode(ino uint64) (release func()) {
 // unreaped, would keep the namespace's init from ever finishing its exit.
 func inManagedPIDNamespace(pid int) bool {
 	ino, err := pidNamespaceOf(pid)
-	if err != nil {
-		return false
-	}
+	return err == nil && isManagedPIDNamespace(ino)
+}
+
+// isManagedPIDNamespace reports whether the PID namespace with inode ino is
+// one of runckit's containers'.
+func isManagedPIDNamespace(ino uint64) bool {
 	managedPIDNamespaces.Lock()
 	defer managedPIDNamespaces.Unlock()
 	return managedPIDNamespaces.inodes[ino] > 0
@@ -561,11 +539,12 @@ func isZombie(pid int) bool {
 	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
 }
 
-// holdReaping keeps the process that a runc create or exec reports in
-// pidFile from being reaped as an orphan until it is watched. Every watcher
-// needs it: the reaper runs whatever watcher a container uses.
-func holdReaping(pidFile string) func() {
-	return orphans.holdPidFile(pidFile)
+// holdReaping keeps what may be the new process of a runc create or exec
+// from being reaped as an orphan until it is watched; scope is as for
+// holdScope. Every watcher needs it: the reaper runs whatever watcher a
+// container uses.
+func holdReaping(scope uint64) func() {
+	return orphans.holdScope(scope)
 }
 
 // ReapingExitWatcher is the ExitWatcher for a program dedicated to running

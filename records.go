@@ -397,6 +397,7 @@ func (c *Container) attachInit(h *pidfdHandle) {
 		return
 	}
 	if nsErr == nil {
+		c.pidNS = ns
 		c.undo = append(c.undo, manageNamespaceInode(ns))
 	}
 	if cgErr == nil {

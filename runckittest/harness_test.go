@@ -60,7 +60,9 @@ func TestHarnessHTTP(t *testing.T) {
 func TestHarnessWaits(t *testing.T) {
 	t.Parallel()
 	c := runckittest.Start(t, runckittest.Options{
-		Args: []string{"sh", "-c", "sleep 0.3; touch /ready; sleep 0.3; echo done; exit 3"},
+		// The gap after /ready is long enough for the command wait to see it
+		// on a loaded machine; ForExit waits out the rest.
+		Args: []string{"sh", "-c", "sleep 0.3; touch /ready; sleep 3; echo done; exit 3"},
 		Wait: []runckittest.Strategy{runckittest.ForCommand("test", "-e", "/ready")},
 	})
 	if err := runckittest.ForExit(3).WaitFor(context.Background(), c); err != nil {
