@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -449,6 +450,10 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		err = p.Kill(ctx, sig)
 	}
 	if err != nil {
+		if errdefs.IsFailedPrecondition(err) && p.Status() == runckit.StatusStopped {
+			// containerd's clients take NotFound as "already exited".
+			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "kill %s: process already finished", r.ID+"/"+r.ExecID)
+		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
@@ -551,11 +556,34 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	if err != nil {
 		return nil, err
 	}
-	st, err := p.Wait(ctx)
+	st, err := waitProcess(ctx, p)
 	if err != nil && !errors.Is(err, runckit.ErrDrainTimeout) {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &taskAPI.WaitResponse{ExitStatus: uint32(st.Code), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}, nil
+}
+
+// waitProcess is Process.Wait, except that an exec not yet started is
+// waited for too: containerd's client sends Wait before Start, and runckit
+// refuses Wait on a created exec. Until runckit can wait on a created exec,
+// the shim polls for it to leave the created state.
+func waitProcess(ctx context.Context, p *runckit.Process) (runckit.ExitStatus, error) {
+	delay := 2 * time.Millisecond
+	for {
+		if p.ID() == "" || p.Status() != runckit.StatusCreated {
+			st, err := p.Wait(ctx)
+			if !errdefs.IsFailedPrecondition(err) {
+				return st, err
+			}
+			// Its start failed: it is created again and may be restarted.
+		}
+		select {
+		case <-ctx.Done():
+			return runckit.ExitStatus{}, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 100*time.Millisecond)
+	}
 }
 
 // Connect reports the shim's and the task's pids.
