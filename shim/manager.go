@@ -80,6 +80,8 @@ func (m manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ 
 	} else if err != nil {
 		return nil, err
 	}
+	// Closing our copy must not unlink the socket the shim will serve on.
+	l.SetUnlinkOnClose(false)
 	defer l.Close()
 	f, err := l.File()
 	if err != nil {
