@@ -30,6 +30,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 
 	"github.com/runckit/runckit"
 )
@@ -247,6 +248,23 @@ func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeIn
 		if info.Options, err = typeurl.MarshalAnyToProto(opts); err != nil {
 			return nil, err
 		}
+	}
+	// The runtime's own features (runc features), as the stock shim
+	// reports them: containerd's clients read them from RuntimeInfo.
+	binary := "runc"
+	if opts != nil && opts.BinaryName != "" {
+		binary = opts.BinaryName
+	}
+	out, err := exec.CommandContext(ctx, binary, "features").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s features: %w", binary, err)
+	}
+	var f features.Features
+	if err := json.Unmarshal(out, &f); err != nil {
+		return nil, fmt.Errorf("%s features: %w", binary, err)
+	}
+	if info.Features, err = typeurl.MarshalAnyToProto(&f); err != nil {
+		return nil, err
 	}
 	return info, nil
 }

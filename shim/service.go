@@ -269,7 +269,8 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 // closeAfterExit closes the shim's own stdio ends once p's output is drained.
 func closeAfterExit(p *runckit.Process, closeIO func()) {
 	go func() {
-		_, _ = p.Wait(context.Background())
+		// waitProcess, not Wait: an exec is still created here.
+		_, _ = waitProcess(context.Background(), p)
 		closeIO()
 	}()
 }
