@@ -6,6 +6,9 @@ TESTFLAGS ?= -race -count=1 -timeout 30m
 # Modules of their own, so that runckit does not depend on what they use
 # (go-containerregistry); `go test ./...` at the root does not enter them.
 NESTED := image examples/harness
+# The containerd shim (shim/) is a module of its own too, with containerd's
+# dependencies; `make test` builds and vets it, its tests need containerd.
+SHIM := shim
 
 .PHONY: deps demo test vet bench-quick
 
@@ -23,6 +26,7 @@ demo: deps
 vet:
 	$(GO) vet ./...
 	@for m in $(NESTED); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	cd $(SHIM) && $(GO) build ./... && $(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 # The bench's -quick smoke run keeps the benchmark program from rotting;

@@ -1,0 +1,62 @@
+package runckitshim
+
+import (
+	"context"
+	"testing"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
+)
+
+// TestRuncOptionsRefusesOtherTypes: containerd passes the runtime options as
+// an Any; a type other than runc's Options is refused as InvalidArgument,
+// and none means defaults.
+func TestRuncOptionsRefusesOtherTypes(t *testing.T) {
+	o, err := runcOptions(nil)
+	if err != nil || o == nil {
+		t.Fatalf("runcOptions(nil) = %v, %v; want defaults", o, err)
+	}
+	good, err := typeurl.MarshalAnyToProto(&options.Options{BinaryName: "runc-fp", Root: "/run/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err = runcOptions(good)
+	if err != nil || o.BinaryName != "runc-fp" || o.Root != "/run/x" {
+		t.Fatalf("runcOptions(runc options) = %v, %v", o, err)
+	}
+	bad, err := typeurl.MarshalAnyToProto(&options.CheckpointOptions{Exit: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runcOptions(bad); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("runcOptions(checkpoint options) = %v; want InvalidArgument", err)
+	}
+}
+
+// TestCreateWithoutIDIsInvalidArgument: the error crosses ttrpc as a gRPC
+// status that containerd maps back to InvalidArgument.
+func TestCreateWithoutIDIsInvalidArgument(t *testing.T) {
+	s := &service{tasks: map[string]*shimTask{}}
+	for _, r := range []*taskAPI.CreateTaskRequest{{Bundle: "/tmp/x"}, {ID: "x"}} {
+		_, err := s.Create(context.Background(), r)
+		if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+			t.Errorf("Create(%v) = %v; want InvalidArgument", r, err)
+		}
+	}
+	if _, err := s.State(context.Background(), &taskAPI.StateRequest{ID: "nope"}); !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		t.Errorf("State of an unknown container = %v; want NotFound", err)
+	}
+}
+
+// TestTerminalStreamPaths: a terminal's streams must be FIFO paths.
+func TestTerminalStreamPaths(t *testing.T) {
+	if p, err := fifoPath("fifo:///run/x/stdout"); err != nil || p != "/run/x/stdout" {
+		t.Errorf("fifoPath(fifo URI) = %q, %v", p, err)
+	}
+	if _, err := fifoPath("binary:///usr/bin/logger"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("fifoPath(binary URI) = %v; want NotImplemented", err)
+	}
+}
