@@ -198,6 +198,10 @@ func containerID(t testing.TB) string {
 
 func (c *Container) cleanup() {
 	if c.tb.Failed() {
+		// Events published so far reach the recorder before the report.
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c.Flush(fctx)
+		cancel()
 		c.tb.Logf("runckittest: container %s:\n%s", c.ID(), c.report())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
