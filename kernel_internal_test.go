@@ -46,7 +46,7 @@ func TestOldKernelRefusedBeforeRuntimeRuns(t *testing.T) {
 			dir := t.TempDir()
 			ran := filepath.Join(dir, "runtime-ran")
 			runtime := filepath.Join(dir, "fake-runc")
-			if err := os.WriteFile(runtime, []byte("#!/bin/sh\ntouch "+ran+"\nexit 1\n"), 0o755); err != nil {
+			if err := os.WriteFile(runtime, []byte("#!/bin/sh\ntouch '"+ran+"'\nexit 1\n"), 0o755); err != nil {
 				t.Fatal(err)
 			}
 			bundle := filepath.Join(dir, "bundle")
