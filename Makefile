@@ -1,10 +1,12 @@
 # Everything a new user needs on a fresh Debian machine, as root:
 #   make demo   runs examples/quickstart
 #   make test   runs the test suite (race detector on)
+#   make test-cgroup2  runs the cgroup v2 lane: Linux 6.1, pure cgroup v2,
+#               runc and crun, in a QEMU guest (.ci/cgroup2/run)
 GO ?= go
 TESTFLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: deps demo test vet bench-quick
+.PHONY: deps demo test test-cgroup2 vet bench-quick
 
 # Installs runc and busybox-static (and criu, for the checkpoint tests)
 # when they are missing.
@@ -26,6 +28,12 @@ vet:
 test: deps vet
 	$(GO) test $(TESTFLAGS) ./...
 	$(GO) run ./bench -quick
+
+# Installs qemu-system-x86, linux-image-amd64 and crun if missing, adds
+# the 9p modules to that kernel's initramfs (once), builds the test binary
+# and runs .ci/cgroup2/tests in the guest, against runc and then crun.
+test-cgroup2: deps
+	GO=$(GO) .ci/cgroup2/run
 
 bench-quick: deps
 	$(GO) run ./bench -quick
