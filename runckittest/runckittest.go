@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -291,8 +292,18 @@ func (r *Recorder) WaitFor(ctx context.Context, match func(runckit.Event) bool) 
 	}
 }
 
-// Context returns a context that ends with the test or after d.
+// TimeScaleEnv is the environment variable that stretches the deadlines
+// of Context by a factor (an integer, 1 if unset): on a machine many times
+// slower than the ones the tests' budgets were written for, such as the
+// cgroup v2 lane's emulated guest.
+const TimeScaleEnv = "RUNCKIT_TEST_TIME_SCALE"
+
+// Context returns a context that ends with the test or after d, times
+// $RUNCKIT_TEST_TIME_SCALE.
 func Context(t testing.TB, d time.Duration) context.Context {
+	if n, err := strconv.Atoi(os.Getenv(TimeScaleEnv)); err == nil && n > 1 {
+		d *= time.Duration(n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
