@@ -1,6 +1,8 @@
 # Everything a new user needs on a fresh Debian machine, as root:
 #   make demo   runs examples/quickstart
 #   make test   runs the test suite (race detector on)
+#   make test-cgroup2  runs the cgroup v2 lane: Linux 6.1, pure cgroup v2,
+#               runc and crun, in a QEMU guest (.ci/cgroup2/run)
 GO ?= go
 TESTFLAGS ?= -race -count=1 -timeout 30m
 # Modules of their own, so that runckit does not depend on what they use
@@ -10,7 +12,7 @@ NESTED := image examples/harness
 # dependencies; `make test` builds and vets it, its tests need containerd.
 SHIM := shim
 
-.PHONY: deps demo test vet bench-quick
+.PHONY: deps demo test test-cgroup2 vet bench-quick
 
 # Installs runc and busybox-static (and criu, for the checkpoint tests)
 # when they are missing.
@@ -35,6 +37,12 @@ test: deps vet
 	$(GO) test $(TESTFLAGS) ./...
 	@for m in $(NESTED); do echo "== $$m"; (cd $$m && $(GO) test $(TESTFLAGS) ./...) || exit 1; done
 	$(GO) run ./bench -quick
+
+# Installs qemu-system-x86, linux-image-amd64 and crun if missing, adds
+# the 9p modules to that kernel's initramfs (once), builds the test binary
+# and runs .ci/cgroup2/tests in the guest, against runc and then crun.
+test-cgroup2: deps
+	GO=$(GO) .ci/cgroup2/run
 
 bench-quick: deps
 	$(GO) run ./bench -quick

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,7 +25,9 @@ import (
 )
 
 // Stats are a container's resource figures from its cgroup, the same
-// fields whether the host runs cgroup v1 or v2.
+// fields whether the host runs cgroup v1 or v2. Where the two hierarchies
+// differ in what they can say, the field's doc says how; both are tested
+// for real (v2 on Linux 6.1 in the cgroup v2 lane, with runc and crun).
 type Stats struct {
 	CPU    CPUStats
 	Memory MemoryStats
@@ -33,6 +36,8 @@ type Stats struct {
 }
 
 // CPUStats are cumulative CPU times, in nanoseconds, and CFS throttling.
+// cgroup v2 counts in microseconds (cpu.stat), so there the times are
+// multiples of 1000; v1 counts user and system time in clock ticks.
 type CPUStats struct {
 	UsageNanos       uint64
 	UserNanos        uint64
@@ -44,19 +49,26 @@ type CPUStats struct {
 
 // MemoryStats are in bytes, except OOMKills, a count.
 type MemoryStats struct {
-	Usage    uint64
-	Limit    uint64 // the kernel's "no limit" is reported as is (a huge number)
-	MaxUsage uint64 // v1 only: v2 has no high-water mark before kernel 5.19
+	Usage uint64
+	// Limit is the memory limit. No limit is the kernel's own figure:
+	// math.MaxUint64 on v2 (memory.max says "max"), the largest page
+	// multiple below 1<<63 on v1 (9223372036854771712 with 4 KiB pages).
+	Limit uint64
+	// MaxUsage is the high-water mark: v1's max_usage_in_bytes, v2's
+	// memory.peak, which Linux has from 5.19; 0 on v2 before that.
+	MaxUsage uint64
 	Cache    uint64 // page cache (v1 cache, v2 file)
 	RSS      uint64 // anonymous memory (v1 rss, v2 anon)
-	Swap     uint64
+	Swap     uint64 // swap alone (v1's memsw counts memory too; it is subtracted)
+	// OOMKills counts processes the OOM killer ended in the cgroup (v1
+	// memory.oom_control, v2 memory.events oom_kill).
 	OOMKills uint64
 }
 
 // PidsStats count tasks.
 type PidsStats struct {
 	Current uint64
-	Limit   uint64 // 0 means no limit
+	Limit   uint64 // 0 means no limit, on v1 and v2 alike ("max" in pids.max)
 }
 
 // IOStats are summed over all block devices.
@@ -299,7 +311,11 @@ func statsFromV2(m *v2stats.Metrics) *Stats {
 	}
 	s.Memory.OOMKills = m.GetMemoryEvents().GetOomKill()
 	s.Pids.Current = m.GetPids().GetCurrent()
-	s.Pids.Limit = m.GetPids().GetLimit()
+	// cgroups/v3 reads v2's "max" as math.MaxUint64 but v1's as 0, which
+	// PidsStats promises for both.
+	if s.Pids.Limit = m.GetPids().GetLimit(); s.Pids.Limit == math.MaxUint64 {
+		s.Pids.Limit = 0
+	}
 	for _, e := range m.GetIo().GetUsage() {
 		s.IO.ReadBytes += e.GetRbytes()
 		s.IO.WriteBytes += e.GetWbytes()

@@ -59,11 +59,12 @@ func newEnv(t *testing.T) *env {
 	return &env{t: t, root: runckittest.RuntimeRoot(t), rec: &runckittest.Recorder{}}
 }
 
-// create makes a container running args with the test's root and recorder,
-// force-deleted when the test ends.
+// create makes a container running args with the test's root, recorder and
+// runtime (runckittest.Runtime; opts may name another), force-deleted when
+// the test ends.
 func (e *env) create(ctx context.Context, spec *specs.Spec, opts ...runckit.Option) *runckit.Container {
 	e.t.Helper()
-	opts = append([]runckit.Option{runckit.WithRuntimeRoot(e.root), runckit.WithEventSink(e.rec)}, opts...)
+	opts = append([]runckit.Option{runckit.WithRuntime(runckittest.Runtime()), runckit.WithRuntimeRoot(e.root), runckit.WithEventSink(e.rec)}, opts...)
 	c, err := runckit.NewContainer(ctx, newID(e.t), runckittest.Bundle(e.t, spec), opts...)
 	if err != nil {
 		e.t.Fatalf("NewContainer: %v", err)

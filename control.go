@@ -32,6 +32,11 @@ func (f freezeState) String() string {
 // Pause freezes every process of the container with runc pause and
 // publishes a pause event. Execs can not start while it is paused.
 //
+// The cgroup freezer does it: v1's freezer.state, v2's cgroup.freeze. A
+// SIGKILL still ends frozen processes on cgroup v2 (and on v1 with recent
+// kernels): init's exit is then published while paused, the container is
+// stopped, and Resume is refused. Older v1 freezers hold it until Resume.
+//
 // Context: if ctx is already done, nothing is run or changed. If it ends
 // while runc pause runs, the freeze is undone (runc resume) so that no
 // half-frozen cgroup is left, and Pause returns an error wrapping

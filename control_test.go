@@ -29,8 +29,8 @@ func TestPauseResume(t *testing.T) {
 	if st, _ := c.State(ctx); st.Status != runckit.StatusPaused {
 		t.Errorf("status = %s, want paused", st.Status)
 	}
-	if state := v1CgroupFile(t, c.Init().Pid(), "freezer", "freezer.state"); state != "FROZEN" {
-		t.Errorf("freezer.state = %q, want FROZEN", state)
+	if !cgroupFrozen(t, c.Init().Pid()) {
+		t.Errorf("cgroup of a paused container is not frozen")
 	}
 	if err := c.Pause(ctx); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("second Pause = %v, want ErrFailedPrecondition", err)
@@ -105,15 +105,16 @@ func TestUpdateAppliesLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := c.Init().Pid()
-	for _, check := range []struct{ controller, file, want string }{
-		{"memory", "memory.limit_in_bytes", "67108864"},
-		{"cpu", "cpu.cfs_quota_us", "50000"},
-		{"cpu", "cpu.cfs_period_us", "100000"},
-		{"pids", "pids.max", "42"},
+	for _, check := range []struct{ controller, v1file, v2file, want string }{
+		{"memory", "memory.limit_in_bytes", "memory.max", "67108864"},
+		{"pids", "pids.max", "pids.max", "42"},
 	} {
-		if got := v1CgroupFile(t, pid, check.controller, check.file); got != check.want {
-			t.Errorf("%s = %s, want %s", check.file, got, check.want)
+		if got := cgroupFile(t, pid, check.controller, check.v1file, check.v2file); got != check.want {
+			t.Errorf("%s = %s, want %s", check.v1file, got, check.want)
 		}
+	}
+	if q, p := cpuQuota(t, pid); q != "50000" || p != "100000" {
+		t.Errorf("CPU quota and period = %s, %s; want 50000, 100000", q, p)
 	}
 }
 
@@ -121,7 +122,7 @@ func TestUpdateRefusesInvalidResources(t *testing.T) {
 	ctx := runckittest.Context(t, time.Minute)
 	e := newEnv(t)
 	c := e.sleeper(ctx)
-	before := v1CgroupFile(t, c.Init().Pid(), "cpu", "cpu.cfs_quota_us")
+	before, _ := cpuQuota(t, c.Init().Pid())
 	neg, lowQuota, tinyPeriod, negPids := int64(-5), int64(999), uint64(10), int64(-2)
 	for name, r := range map[string]*specs.LinuxResources{
 		"nil":             nil,
@@ -134,8 +135,8 @@ func TestUpdateRefusesInvalidResources(t *testing.T) {
 			t.Errorf("%s: Update = %v, want ErrInvalidArgument", name, err)
 		}
 	}
-	if after := v1CgroupFile(t, c.Init().Pid(), "cpu", "cpu.cfs_quota_us"); after != before {
-		t.Errorf("cpu.cfs_quota_us changed from %s to %s by refused updates", before, after)
+	if after, _ := cpuQuota(t, c.Init().Pid()); after != before {
+		t.Errorf("CPU quota changed from %s to %s by refused updates", before, after)
 	}
 }
 

@@ -19,7 +19,7 @@ const (
 	EventExit                             // a process exited; Status says how
 	EventPause                            // the container's processes were frozen
 	EventResume                           // the container's processes were thawed
-	EventOOM                              // the container's memory cgroup hit its limit
+	EventOOM                              // the OOM killer ended a process of the container's cgroup (before init's exit)
 	EventDelete                           // the container was deleted; always the last event
 )
 

@@ -85,7 +85,11 @@ var (
 
 // becomeSubreaper makes this program the child subreaper, so that container
 // processes are re-parented to it when runc exits and can be reaped here.
+// It first checks the kernel has the pidfd calls every watcher relies on.
 func becomeSubreaper() error {
+	if err := checkKernel(); err != nil {
+		return err
+	}
 	subreaperOnce.Do(func() {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 			subreaperErr = fmt.Errorf("runckit: prctl(PR_SET_CHILD_SUBREAPER): %w", err)

@@ -83,6 +83,11 @@ func newConfig(opts []Option) (containerConfig, error) {
 
 // exitWatcher is the watcher the options name, or the shared default.
 func (c *containerConfig) exitWatcher() (ExitWatcher, error) {
+	// Even with a watcher of the program's own, runckit signals through
+	// pidfds: an old kernel is refused before runc runs.
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
 	if c.watcher != nil {
 		return c.watcher, nil
 	}

@@ -3,7 +3,8 @@
 // state root. It is to runckit what net/http/httptest is to net/http.
 //
 // It needs root, runc and busybox-static ("apt-get install runc
-// busybox-static" on Debian).
+// busybox-static" on Debian). RUNCKIT_TEST_RUNTIME picks another OCI
+// runtime, such as crun, for the tests that use Runtime.
 package runckittest
 
 import (
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -32,12 +34,29 @@ var (
 	rootfsErr  error
 )
 
+// RuntimeEnv is the environment variable that names the OCI runtime tests
+// run (a name looked up in PATH, or a path); unset or empty means runc.
+const RuntimeEnv = "RUNCKIT_TEST_RUNTIME"
+
+// Runtime returns the OCI runtime binary tests should pass to
+// runckit.WithRuntime: $RUNCKIT_TEST_RUNTIME, or "runc".
+func Runtime() string {
+	if rt := os.Getenv(RuntimeEnv); rt != "" {
+		return rt
+	}
+	return "runc"
+}
+
 // Check reports why real containers can not run here, or nil if they can.
 func Check() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("runckittest: containers need root")
 	}
-	if _, err := exec.LookPath("runc"); err != nil {
+	if rt := Runtime(); rt != "runc" {
+		if _, err := exec.LookPath(rt); err != nil {
+			return fmt.Errorf("runckittest: %s=%s not found: %w", RuntimeEnv, rt, err)
+		}
+	} else if _, err := exec.LookPath("runc"); err != nil {
 		return fmt.Errorf("runckittest: runc not in PATH (apt-get install runc): %w", err)
 	}
 	if err := isStaticBusybox(BusyboxPath); err != nil {
@@ -142,6 +161,12 @@ func ProcessSpec(args ...string) *specs.Process {
 var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_KILL",
 	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE"}
 
+// SpecVersion is the ociVersion of the specs this package makes. Every
+// field they set is in runtime-spec 1.0, and crun 1.8 (Debian 12's)
+// refuses a config.json whose version does not contain "1.0" ("unknown
+// version specified"), so they say 1.0.2 rather than specs.Version.
+const SpecVersion = "1.0.2"
+
 // Spec returns an OCI spec that runs args in the shared busybox rootfs,
 // read-only with a tmpfs /tmp, in new PID, mount, IPC, UTS and network
 // namespaces: what `runc spec` gives, minus the parts busybox does not need.
@@ -154,7 +179,7 @@ func Spec(t testing.TB, args ...string) *specs.Spec {
 func NewSpec(rootfs string, args ...string) *specs.Spec {
 	root := rootfs
 	return &specs.Spec{
-		Version:  specs.Version,
+		Version:  SpecVersion,
 		Process:  ProcessSpec(args...),
 		Root:     &specs.Root{Path: root, Readonly: true},
 		Hostname: "runckittest",
@@ -200,7 +225,7 @@ func WriteBundle(dir string, spec *specs.Spec) error {
 	return os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600)
 }
 
-// RuntimeRoot returns a private runc state root for the test, and checks
+// RuntimeRoot returns a private runtime state root for the test, and checks
 // when the test ends that no container state was left in it.
 func RuntimeRoot(t testing.TB) string {
 	t.Helper()
@@ -212,7 +237,7 @@ func RuntimeRoot(t testing.TB) string {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
 			t.Errorf("runc state left behind in %s: %s", dir, e.Name())
-			exec.Command("runc", "--root", dir, "delete", "--force", e.Name()).Run()
+			exec.Command(Runtime(), "--root", dir, "delete", "--force", e.Name()).Run()
 		}
 		os.RemoveAll(dir)
 	})
@@ -267,8 +292,18 @@ func (r *Recorder) WaitFor(ctx context.Context, match func(runckit.Event) bool) 
 	}
 }
 
-// Context returns a context that ends with the test or after d.
+// TimeScaleEnv is the environment variable that stretches the deadlines
+// of Context by a factor (an integer, 1 if unset): on a machine many times
+// slower than the ones the tests' budgets were written for, such as the
+// cgroup v2 lane's emulated guest.
+const TimeScaleEnv = "RUNCKIT_TEST_TIME_SCALE"
+
+// Context returns a context that ends with the test or after d, times
+// $RUNCKIT_TEST_TIME_SCALE.
 func Context(t testing.TB, d time.Duration) context.Context {
+	if n, err := strconv.Atoi(os.Getenv(TimeScaleEnv)); err == nil && n > 1 {
+		d *= time.Duration(n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

@@ -61,12 +61,17 @@ var build struct {
 }
 
 // New returns a Runtime with its own control directory and no faults. It
-// skips the test if runc is not installed.
+// wraps the runtime $RUNCKIT_TEST_RUNTIME names (runckittest.RuntimeEnv),
+// runc by default, and skips the test if that is not installed.
 func New(t testing.TB) *Runtime {
 	t.Helper()
-	real, err := exec.LookPath("runc")
+	wrapped := os.Getenv("RUNCKIT_TEST_RUNTIME")
+	if wrapped == "" {
+		wrapped = "runc"
+	}
+	real, err := exec.LookPath(wrapped)
 	if err != nil {
-		t.Skipf("faultrunc: runc not found: %v", err)
+		t.Skipf("faultrunc: %s not found: %v", wrapped, err)
 	}
 	if real, err = filepath.Abs(real); err != nil {
 		t.Fatal(err)
@@ -92,8 +97,22 @@ func Cleanup() {
 	}
 }
 
-// buildBinary builds cmd/faultrunc into a new temporary directory.
+// BinEnv names a prebuilt cmd/faultrunc binary to use instead of building
+// one: a test binary run where there is no Go toolchain, or no time for it
+// (the cgroup v2 lane's guest), is given one.
+const BinEnv = "FAULTRUNC_BIN"
+
+// buildBinary builds cmd/faultrunc into a new temporary directory, unless
+// $FAULTRUNC_BIN names one already built.
 func buildBinary() {
+	if bin := os.Getenv(BinEnv); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			build.err = fmt.Errorf("%s: %w", BinEnv, err)
+			return
+		}
+		build.bin = bin
+		return
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		build.err = err
