@@ -78,14 +78,14 @@ func awaitNoZombies(d time.Duration, match func(zombieInfo) bool) []zombieInfo {
 func TestOrphansOfHostPIDContainerAreReaped(t *testing.T) {
 	ctx := runckittest.Context(t, time.Minute)
 	e := newEnv(t)
-	// init exits once the exec below has run, leaving its sleeps behind.
+	// init exits once told (after the exec below), leaving its sleeps behind.
 	c := e.create(ctx, hostPIDSpec(t, "sh", "-c", "sleep 0.3 & sleep 0.3 & while [ ! -e /tmp/go ]; do sleep 0.01; done; exit 0"))
 	init := c.Init().Pid()
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// An exec's background children are orphans of its session in turn.
-	p, err := c.Exec(ctx, "bg", runckittest.ProcessSpec("sh", "-c", "sleep 0.2 & touch /tmp/go; exit 3"), runckit.Stdio{})
+	p, err := c.Exec(ctx, "bg", runckittest.ProcessSpec("sh", "-c", "sleep 0.2 & exit 3"), runckit.Stdio{})
 	if err == nil {
 		err = p.Start(ctx)
 	}
@@ -96,6 +96,11 @@ func TestOrphansOfHostPIDContainerAreReaped(t *testing.T) {
 		t.Fatalf("exec = %v, %v; want exit code 3", st, err)
 	}
 	execPid := p.Pid()
+	// Only now may init exit: in the host PID namespace its exit kills the
+	// execs still running (rule 7), which would race the exec's own exit.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/root/tmp/go", init), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	st, err := c.Wait(ctx)
 	if err != nil || st.Code != 0 || st.Unknown {
 		t.Fatalf("init = %v, %v; want exit code 0", st, err)
