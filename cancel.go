@@ -212,18 +212,8 @@ func processGroup(pid int) int {
 	return pgrp
 }
 
-// startTicks is pid's start time in clock ticks since boot, 0 if unknown.
-func startTicks(pid int) uint64 {
-	f := procStat(pid)
-	if len(f) < 20 {
-		return 0
-	}
-	t, _ := strconv.ParseUint(f[19], 10, 64)
-	return t
-}
-
 // nowTicks is the time since boot in clock ticks (USER_HZ, 100 on Linux),
-// the unit of startTicks.
+// the unit of processStartTime.
 func nowTicks() uint64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
@@ -240,6 +230,12 @@ func reapZombie(pid int) {
 // been reused), and reaps it, waiting until ctx ends at most.
 func killAndReap(ctx context.Context, pid int) {
 	syscall.Kill(pid, syscall.SIGKILL)
+	awaitReap(ctx, pid)
+}
+
+// awaitReap reaps pid, a child of this program, once it has exited,
+// waiting until ctx ends at most.
+func awaitReap(ctx context.Context, pid int) {
 	for {
 		var ws unix.WaitStatus
 		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
@@ -705,19 +701,13 @@ func (c *Container) strayChildren(since uint64) []int {
 		}
 	}
 	c.mu.Unlock()
-	var ns uint64
-	if !c.sharedPID {
-		var err error
-		if ns, err = pidNamespaceOf(c.init.pid); err != nil {
-			return nil
-		}
-	}
+	ns := c.pidNS // 0 in a shared PID namespace: the cgroup tells then
 	var strays []int
 	for _, pid := range childPids() {
 		if tracked[pid] {
 			continue
 		}
-		if st := startTicks(pid); st == 0 || st+1 < since {
+		if st, err := processStartTime(pid); err != nil || st+1 < since {
 			continue
 		}
 		if c.sharedPID {
@@ -899,14 +889,16 @@ func (c *Container) runFreeze(ctx context.Context, step string, from, to freezeS
 	}
 	cctx, cancel := cleanupContext(ctx)
 	defer cancel()
+	var undoErr error
 	if to == frozen {
-		c.runtime.Resume(cctx, c.id)
+		undoErr = c.runtime.Resume(cctx, c.id)
 	}
 	status, serr := c.runtimeStatus(cctx)
 	switch {
 	case status == "paused":
 		if to == frozen {
-			return frozen, settledError(err, "the freeze could not be undone: paused")
+			return frozen, settledError(err, fmt.Sprintf("the freeze could not be undone (%v): paused",
+				newRuntimeError(cctx, "resume", c.id, "", "", undoErr)))
 		}
 		return frozen, settledError(err, "still paused")
 	case status == "running":
@@ -948,7 +940,10 @@ func (c *Container) runCheckpoint(ctx context.Context, opts *runc.CheckpointOpts
 	wantFrozen := c.freeze == frozen
 	c.mu.Unlock()
 	if status, _ := c.runtimeStatus(cctx); status == "paused" && !wantFrozen {
-		c.runtime.Resume(cctx, c.id)
+		if rerr := c.runtime.Resume(cctx, c.id); rerr != nil {
+			return settledError(err, fmt.Sprintf("left frozen by CRIU, and resuming it failed: %v",
+				newRuntimeError(cctx, "resume", c.id, "", "", rerr)))
+		}
 	}
 	return err
 }

@@ -152,7 +152,11 @@ func (c *Container) openNetns() (fd int, host bool, err error) {
 	if h := c.init.pidfd; h != nil && h.fd >= 0 {
 		// Duplicated under the lock, so the exit handler can not close it,
 		// and its number be reused, while we look.
-		pidfd, _ = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+		var err error
+		if pidfd, err = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			c.mu.Unlock()
+			return -1, false, fmt.Errorf("runckit: dial in container %q: dup init's pidfd: %w", c.id, err)
+		}
 	}
 	c.mu.Unlock()
 	if pidfd >= 0 {

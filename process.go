@@ -507,21 +507,16 @@ func validateSignal(sig syscall.Signal) error {
 // own: it is killed if kill is set, then reaped. A pid that is not our
 // child is left alone.
 func reapStray(pidFile string, kill bool) {
-	pid, err := readPidFile(pidFile)
-	if err != nil {
+	pid := pidFromFiles(pidFile) // runc's temporary pid file too
+	if pid <= 0 || !isChild(pid) {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	if kill {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var ws syscall.WaitStatus
-		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-		if got == pid || (err != nil && err != syscall.EINTR) || time.Now().After(deadline) {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
+		killAndReap(ctx, pid)
+	} else {
+		awaitReap(ctx, pid)
 	}
 }
 

@@ -194,8 +194,7 @@ func (r *orphanReaper) loop() {
 		for _, pid := range zombieChildPids() {
 			ok, held := r.reapable(pid, &self)
 			if ok {
-				var ws unix.WaitStatus
-				unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+				reapZombie(pid)
 			}
 			deferred = deferred || held
 		}
@@ -433,19 +432,9 @@ func sessionsInUse(sids map[int]bool) map[int]bool {
 // sessionOf reads pid's session id from /proc/<pid>/stat; a zombie still
 // has one.
 func sessionOf(pid int) (int, error) {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// After the parenthesised name, which may hold anything: state ppid
-	// pgrp session.
-	i := strings.LastIndexByte(string(stat), ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(string(stat[i+1:]))
+	f := procStat(pid)
 	if len(f) < 4 {
-		return 0, errors.New("malformed stat")
+		return 0, errors.New("no stat for pid " + strconv.Itoa(pid))
 	}
 	return strconv.Atoi(f[3])
 }
@@ -515,28 +504,17 @@ func isRuncHelper(pid int) bool {
 // been reaped.
 func zombieChildPids() []int {
 	var pids []int
-	tasks, _ := os.ReadDir("/proc/self/task")
-	for _, task := range tasks {
-		data, _ := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
-		for _, f := range strings.Fields(string(data)) {
-			pid, err := strconv.Atoi(f)
-			if err == nil && isZombie(pid) {
-				pids = append(pids, pid)
-			}
+	for _, pid := range childPids() {
+		if isZombie(pid) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
 func isZombie(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// The state follows the parenthesised command name, which may itself
-	// contain parentheses.
-	i := strings.LastIndexByte(string(stat), ')')
-	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
+	f := procStat(pid)
+	return len(f) > 0 && f[0] == "Z"
 }
 
 // holdReaping keeps what may be the new process of a runc create or exec

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -203,21 +202,11 @@ func (rc *recorder) remove() {
 
 // processStartTime reads field 22 of /proc/<pid>/stat.
 func processStartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
+	f := procStat(pid) // f[0] is field 3 (state); field 22 is f[19]
+	if len(f) < 20 {
+		return 0, fmt.Errorf("no stat for pid %d", pid)
 	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	// fields[0] is field 3 (state); field 22 is fields[19].
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // LoadContainer re-attaches to container id, made by an earlier run of the

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -140,7 +141,7 @@ func (cmd *Cmd) Output(ctx context.Context) ([]byte, error) {
 	if cmd.Stdout != nil {
 		return nil, fmt.Errorf("runckit: Output: Cmd.Stdout already set: %w", errdefs.ErrInvalidArgument)
 	}
-	var stdout bytes.Buffer
+	var stdout lockedBuffer
 	var saved *stderrSaver
 	stderr := cmd.Stderr
 	if stderr == nil {
@@ -161,7 +162,7 @@ func (cmd *Cmd) CombinedOutput(ctx context.Context) ([]byte, error) {
 	if cmd.Stdout != nil || cmd.Stderr != nil {
 		return nil, fmt.Errorf("runckit: CombinedOutput: Cmd.Stdout or Cmd.Stderr already set: %w", errdefs.ErrInvalidArgument)
 	}
-	var out bytes.Buffer
+	var out lockedBuffer
 	err := cmd.run(ctx, &out, &out)
 	return out.Bytes(), err
 }
@@ -201,13 +202,11 @@ func (cmd *Cmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 
 	st, err := p.Wait(ctx)
 	var ctxErr error
-	if err != nil && !errors.Is(err, ErrDrainTimeout) {
-		// Only ctx ends a Wait on a started process early. The caller stops
+	if cerr := ctx.Err(); err != nil && cerr != nil && errors.Is(err, cerr) {
+		// Only ctx ends a Wait on a started process early (a copy error or
+		// the drain timeout comes with the exit status). The caller stops
 		// waiting, but nothing is left running: kill, reap, delete.
-		ctxErr = ctx.Err()
-		if ctxErr == nil {
-			ctxErr = err
-		}
+		ctxErr = cerr
 		p.Kill(context.Background(), syscall.SIGKILL)
 		st, err = p.Wait(context.Background())
 	}
@@ -242,6 +241,9 @@ func (c *Container) execWithNewID(ctx context.Context, spec *specs.Process, stdi
 // ExitError.Stderr: the start of an error output and its end are what
 // explain it.
 type stderrSaver struct {
+	// mu guards the fields below: past the drain timeout a copy may still
+	// be writing when Output reads them.
+	mu      sync.Mutex
 	half    int
 	prefix  []byte
 	suffix  []byte
@@ -249,6 +251,8 @@ type stderrSaver struct {
 }
 
 func (s *stderrSaver) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	n := len(p)
 	if room := s.half - len(s.prefix); room > 0 {
 		take := min(room, len(p))
@@ -264,10 +268,32 @@ func (s *stderrSaver) Write(p []byte) (int, error) {
 }
 
 func (s *stderrSaver) bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.skipped == 0 {
-		return append(s.prefix, s.suffix...)
+		return append(append([]byte(nil), s.prefix...), s.suffix...)
 	}
 	out := append([]byte(nil), s.prefix...)
 	out = fmt.Appendf(out, "\n... omitting %d bytes ...\n", s.skipped)
 	return append(out, s.suffix...)
+}
+
+// lockedBuffer is the buffer Output and CombinedOutput collect into: past
+// the drain timeout a copy may still be writing when they return it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]byte(nil), b.buf.Bytes()...)
 }

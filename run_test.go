@@ -373,3 +373,26 @@ func TestCmdDrainTimeout(t *testing.T) {
 	}
 	noExecsLeft(t, c)
 }
+
+// A writer that fails is reported with the exit status, as os/exec does;
+// it is not taken for the context ending, and a failed exit is still an
+// *ExitError.
+func TestCmdWriterErrorIsNotACancel(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := runContainer(t, ctx, e)
+
+	cmd := c.Command("sh", "-c", "echo hi; exit 0")
+	cmd.Stdout = &failingWriter{}
+	err := cmd.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "stdout") || strings.Contains(err.Error(), "context") {
+		t.Errorf("Run with a failing Stdout = %v, want the write error", err)
+	}
+	cmd = c.Command("sh", "-c", "echo hi; exit 4")
+	cmd.Stdout = &failingWriter{}
+	var ee *runckit.ExitError
+	if err := cmd.Run(ctx); !errors.As(err, &ee) || ee.Code != 4 {
+		t.Errorf("Run with a failing Stdout and exit 4 = %v, want an *ExitError with code 4", err)
+	}
+	noExecsLeft(t, c)
+}
