@@ -43,7 +43,11 @@ type Container struct {
 	// pidNS is the inode of init's PID namespace when it is the
 	// container's own, else 0: where its execs' processes live, for the
 	// orphan reaper's holds. Set before the container is shared.
-	pidNS      uint64
+	pidNS uint64
+	// killScope is the container's cgroup when it shares a PID namespace:
+	// what is left in it is killed when init exits (killCgroup). Set before
+	// the container is shared.
+	killScope  []cgroupDir
 	stopSignal syscall.Signal // what Stop sends first
 	mounts     []string       // rootfs mount targets, for the record
 	// undo reverses what NewContainer did outside runc (mounts, files).
@@ -255,6 +259,13 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		return nil, fmt.Errorf("runckit: %s container %q: %w", step, id, err)
 	}
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
+	if c.sharedPID {
+		// init is our unreaped child: its pid is its own while read.
+		c.killScope = c.cgroups
+		if len(c.killScope) == 0 {
+			c.killScope = processCgroups(pid)
+		}
+	}
 	c.events = newEventQueue(cfg.sink)
 	oom := c.newOOMWatch(pid)
 	if !c.sharedPID {

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -277,6 +280,7 @@ func (c *Container) handleExitLocked(p *Process, st ExitStatus) {
 	c.initExited = true
 	if c.sharedPID {
 		c.killExecsLocked()
+		killCgroup(c.killScope)
 	}
 	if c.activeExecs > 0 {
 		c.initPending = true
@@ -304,6 +308,64 @@ func (c *Container) killExecsLocked() {
 			p.pidfd.signal(syscall.SIGKILL)
 		}
 	}
+}
+
+// killCgroup SIGKILLs every process left in dirs, the container's cgroup,
+// as runc kill --all does: in a shared PID namespace init's children and
+// the execs' background children outlive init, and containerd's clients
+// expect a container's processes gone once init's exit is reported. Each
+// process is signalled through a pidfd opened before its cgroup is checked,
+// so a pid reused meanwhile is never signalled. It makes passes until one
+// finds nothing new, for a child forked while the first pass ran.
+func killCgroup(dirs []cgroupDir) {
+	if len(dirs) == 0 {
+		return
+	}
+	seen := make(map[int]bool)
+	for pass := 0; pass < 10; pass++ {
+		found := false
+		for _, d := range dirs {
+			for _, pid := range cgroupTreePids(d.path) {
+				if seen[pid] {
+					continue
+				}
+				seen[pid], found = true, true
+				fd, err := unix.PidfdOpen(pid, 0)
+				if err != nil {
+					continue // gone already
+				}
+				if inCgroups(pid, dirs) {
+					unix.PidfdSendSignal(fd, syscall.SIGKILL, nil, 0)
+				}
+				unix.Close(fd)
+			}
+		}
+		if !found {
+			return
+		}
+	}
+}
+
+// processCgroups is pid's cgroup in each hierarchy mounted here, leaving
+// out the hierarchies where it shares this program's cgroup (or the root):
+// what a container's processes alone are in, when runckit did not compute
+// it from the spec (systemd driver, adoption).
+func processCgroups(pid int) []cgroupDir {
+	cgs := pidCgroups(strconv.Itoa(pid))
+	own := ownCgroups()
+	var dirs []cgroupDir
+	for _, m := range cgroupMounts() {
+		p, ok := cgs[m.hierarchy]
+		if !ok || p == "/" || p == own[m.hierarchy] {
+			continue
+		}
+		rel, err := filepath.Rel(m.root, p)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		dirs = append(dirs, cgroupDir{hierarchy: m.hierarchy, procPath: p, path: filepath.Join(m.point, rel)})
+	}
+	return dirs
 }
 
 func (c *Container) publishExitLocked(p *Process) {

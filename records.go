@@ -382,9 +382,14 @@ func (c *Container) attachInit(h *pidfdHandle) {
 		ns, nsErr = pidNamespaceOf(pid)
 	}
 	cg, cgErr := oomSourceFor(pid)
+	var scope []cgroupDir
+	if c.sharedPID {
+		scope = processCgroups(pid)
+	}
 	if !h.alive() {
 		return
 	}
+	c.killScope = scope
 	if nsErr == nil {
 		c.pidNS = ns
 		c.undo = append(c.undo, manageNamespaceInode(ns))
