@@ -389,10 +389,8 @@ func TestBadInputTable(t *testing.T) {
 		}},
 
 		// Operations out of order.
-		{"state/wait-unstarted-exec", "FailedPrecondition", func(t *testing.T) error {
-			_, err := f.idle.Wait(ctx)
-			return err
-		}},
+		// Wait on an unstarted exec blocks until it is started or deleted
+		// (waitcreated_test.go).
 		{"state/kill-unstarted-exec", "FailedPrecondition", func(t *testing.T) error { return f.idle.Kill(ctx, syscall.SIGTERM) }},
 		{"state/delete-running-exec", "FailedPrecondition", func(t *testing.T) error { return f.exec.Delete(ctx) }},
 		{"state/start-running-exec", "FailedPrecondition", func(t *testing.T) error { return f.exec.Start(ctx) }},

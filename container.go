@@ -661,6 +661,13 @@ func (c *Container) finishDelete() {
 	c.mu.Lock()
 	c.deleted = true
 	c.init.state = stateDeleted
+	for _, p := range c.execs {
+		if p.state == stateCreated {
+			// Never started, gone with the container: a Wait on it
+			// ends (ErrNotFound).
+			p.setStateLocked(stateDeleted)
+		}
+	}
 	c.publishLocked(Event{Kind: EventDelete, Pid: c.init.pid, Status: c.init.status})
 	c.events.close()
 	c.mu.Unlock()

@@ -165,6 +165,11 @@ func (c *Container) checkLocked(op operation) error {
 //	starting --runc exec failed or cancelled-->   created (the ID may be started again)
 //	running  --reaped-->                          exited
 //	created, exited --Process.Delete-->           deleted (the ID is free)
+//	created  --its container deleted-->           deleted
+//
+// Wait is allowed in every state but deleted: on a created exec it blocks
+// until the exec leaves created (leftCreated), as containerd's client
+// waits before it starts an exec.
 //
 // Init moves through created, starting, running and exited with its
 // container; it is deleted with it.
@@ -190,7 +195,7 @@ func (op processOp) String() string {
 var processLifecycle = [numProcessOps][numProcessStates]verdict{
 	//       created starting running exited deleted
 	pStart:  {ok, no, no, no, gone},
-	pWait:   {no, ok, ok, ok, gone},
+	pWait:   {ok, ok, ok, ok, gone}, // created: Wait blocks until a start begins or it is deleted
 	pKill:   {no, no, ok, no, gone},
 	pDelete: {ok, no, no, ok, gone},
 	pIO:     {no, ok, ok, ok, gone},

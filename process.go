@@ -83,11 +83,27 @@ type Process struct {
 	// fails, so that a Wait begun during the attempt does not wait for an
 	// exit that will never come. Guarded by c.mu.
 	startFailed chan struct{}
+	// leftCreated is closed when the exec leaves the created state (a
+	// start begins, or it is deleted) and made anew when a failed start
+	// returns it there: a Wait on a created exec blocks on it. Guarded by
+	// c.mu.
+	leftCreated chan struct{}
 	waitErr     error
 }
 
 func newProcess(c *Container, id string, spec *specs.Process, stdio Stdio) *Process {
-	return &Process{c: c, id: id, spec: spec, stdio: stdio, done: make(chan struct{})}
+	return &Process{c: c, id: id, spec: spec, stdio: stdio, done: make(chan struct{}), leftCreated: make(chan struct{})}
+}
+
+// setStateLocked moves p to st, waking a Wait that blocks while it is
+// created. c.mu is held.
+func (p *Process) setStateLocked(st processState) {
+	if p.state == stateCreated && st != stateCreated {
+		close(p.leftCreated)
+	} else if p.state != stateCreated && st == stateCreated {
+		p.leftCreated = make(chan struct{})
+	}
+	p.state = st
 }
 
 // ID is the exec ID, or "" for the init process.
@@ -146,15 +162,29 @@ func (p *Process) Start(ctx context.Context) error {
 // returns its exit status. For init, that is after every exec's exit. If the
 // output is still held open when the drain timeout expires, Wait returns the
 // status with ErrDrainTimeout.
+//
+// An exec may be waited for before it is started, as containerd's client
+// does: Wait blocks until it is started and exits, or until a start attempt
+// fails (ErrFailedPrecondition: the exec is created again and may be
+// started again), or until it or its container is deleted (ErrNotFound).
 func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 	var startFailed chan struct{}
-	if p.id != "" {
+	for p.id != "" {
 		p.c.mu.Lock()
 		err := p.checkProcessLocked(opWait, pWait)
+		created, leftCreated := p.state == stateCreated, p.leftCreated
 		startFailed = p.startFailed
 		p.c.mu.Unlock()
 		if err != nil {
 			return ExitStatus{}, err
+		}
+		if !created {
+			break
+		}
+		select {
+		case <-leftCreated:
+		case <-ctx.Done():
+			return ExitStatus{}, fmt.Errorf("runckit: wait for %s: %w", p.name(), ctx.Err())
 		}
 	}
 	select {
@@ -242,7 +272,7 @@ func (p *Process) Delete(ctx context.Context) error {
 			return fmt.Errorf("runckit: delete %s: output still draining: %w", p.name(), errdefs.ErrFailedPrecondition)
 		}
 	}
-	p.state = stateDeleted
+	p.setStateLocked(stateDeleted)
 	delete(c.execs, p.id)
 	return nil
 }
@@ -287,7 +317,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		c.mu.Unlock()
 		return err
 	}
-	p.state = stateStarting
+	p.setStateLocked(stateStarting)
 	p.startFailed = make(chan struct{})
 	c.activeExecs++
 	c.mu.Unlock()
@@ -304,7 +334,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		release()
 		initGone := c.initGone(execRaceWait(err))
 		c.mu.Lock()
-		p.state = stateCreated
+		p.setStateLocked(stateCreated)
 		close(p.startFailed)
 		c.execDoneLocked()
 		// The exec could not start because init is gone: that is the

@@ -1,0 +1,131 @@
+package runckit_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/runckit/runckit"
+	"github.com/runckit/runckit/internal/faultrunc"
+	"github.com/runckit/runckit/runckittest"
+)
+
+// waitResult is what a Wait begun in a goroutine returned.
+type waitResult struct {
+	st  runckit.ExitStatus
+	err error
+}
+
+// waitAsync starts p.Wait and checks that it is still blocked a moment
+// later: the exec has not been started, so it has nothing to report yet.
+func waitAsync(t *testing.T, ctx context.Context, p *runckit.Process) <-chan waitResult {
+	t.Helper()
+	ch := make(chan waitResult, 1)
+	go func() {
+		st, err := p.Wait(ctx)
+		ch <- waitResult{st, err}
+	}()
+	select {
+	case r := <-ch:
+		t.Fatalf("Wait on a created exec returned at once: %v, %v; want it to block until the exec exits", r.st, r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	return ch
+}
+
+func awaitWait(t *testing.T, ch <-chan waitResult) waitResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(20 * time.Second):
+		t.Fatal("Wait still blocked 20 s on")
+	}
+	return waitResult{}
+}
+
+// containerd's client waits for an exec before it starts it. A Wait on a
+// created exec blocks and returns the exit of the start that follows.
+// Unfixed, it returned ErrFailedPrecondition at once.
+func TestWaitOnCreatedExecReturnsItsExit(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	p, err := c.Exec(ctx, "later", runckittest.ProcessSpec("sh", "-c", "exit 5"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := waitAsync(t, ctx, p)
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := awaitWait(t, ch); r.err != nil || r.st.Code != 5 {
+		t.Fatalf("Wait = %v, %v; want exit code 5", r.st, r.err)
+	}
+}
+
+// A Wait on a created exec ends with ErrNotFound when the exec, or its
+// container, is deleted without being started.
+func TestWaitOnCreatedExecEndsOnDelete(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	p, err := c.Exec(ctx, "never", runckittest.ProcessSpec("true"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := waitAsync(t, ctx, p)
+	if err := p.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := awaitWait(t, ch); !errdefs.IsNotFound(r.err) {
+		t.Errorf("Wait after Delete of the exec = %v, %v; want ErrNotFound", r.st, r.err)
+	}
+
+	q, err := c.Exec(ctx, "orphan", runckittest.ProcessSpec("true"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch = waitAsync(t, ctx, q)
+	if err := c.Delete(ctx, runckit.DeleteForce()); err != nil {
+		t.Fatal(err)
+	}
+	if r := awaitWait(t, ch); !errdefs.IsNotFound(r.err) {
+		t.Errorf("Wait after Delete of the container = %v, %v; want ErrNotFound", r.st, r.err)
+	}
+	if st := q.Status(); st != runckit.StatusDeleted {
+		t.Errorf("the never-started exec of a deleted container is %s, want deleted", st)
+	}
+}
+
+// A Wait begun on a created exec returns ErrFailedPrecondition when the
+// start that follows fails; one begun after the failure blocks again, for
+// the exec may be started again.
+func TestWaitOnCreatedExecEndsOnFailedStart(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	rt := faultrunc.New(t)
+	e := newEnv(t)
+	c := e.sleeper(ctx, runckit.WithRuntime(rt.Path))
+	p, err := c.Exec(ctx, "doomed", runckittest.ProcessSpec("true"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := waitAsync(t, ctx, p)
+	rt.Set(t, "exec", faultrunc.Fault{Action: faultrunc.Fail, Message: "injected exec failure"})
+	if err := p.Start(ctx); err == nil {
+		t.Fatal("Start succeeded under an injected failure")
+	}
+	if r := awaitWait(t, ch); !errdefs.IsFailedPrecondition(r.err) {
+		t.Errorf("Wait across a failed start = %v, %v; want ErrFailedPrecondition", r.st, r.err)
+	}
+	ch = waitAsync(t, ctx, p)
+	rt.Clear("exec")
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := awaitWait(t, ch); r.err != nil || !r.st.Success() {
+		t.Errorf("Wait across the second start = %v, %v; want exit code 0", r.st, r.err)
+	}
+}
