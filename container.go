@@ -462,6 +462,10 @@ func (c *Container) Start(ctx context.Context) error {
 // A duplicate ID is ErrAlreadyExists; a container whose init has exited
 // takes no new execs (ErrFailedPrecondition), nor does a paused one.
 //
+// An exec may still be reserved once init has exited while init's exit is
+// held back for other execs (not yet published); starting it fails with
+// ErrFailedPrecondition.
+//
 // A created container, not yet started, takes execs too, as runc and
 // containerd allow: the exec joins init's namespaces and cgroup while init
 // still waits for Start, which is how a caller prepares a container (writes
@@ -483,7 +487,7 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	defer c.saveRecord() // after the unlock: the record keeps the last event's Seq
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.checkLocked(opExec); err != nil {
+	if err := c.checkLocked(opExec); err != nil && !c.initExitHeldLocked() {
 		return nil, err
 	}
 	if _, ok := c.execs[execID]; ok {
@@ -494,6 +498,14 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	c.execs[execID] = p
 	c.publishLocked(Event{Kind: EventExecAdded, ExecID: execID})
 	return p, nil
+}
+
+// initExitHeldLocked reports whether init has exited but its exit is held
+// back for execs still starting or running: until it is published the
+// container has not ended for its callers, and an exec may still be
+// reserved, as containerd's client does (its start fails, rule 2).
+func (c *Container) initExitHeldLocked() bool {
+	return c.initPending && !c.deleting && !c.deleted
 }
 
 // Process returns the exec process with the given ID; "" returns init.

@@ -2,6 +2,7 @@ package runckit_test
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,5 +128,58 @@ func TestWaitOnCreatedExecEndsOnFailedStart(t *testing.T) {
 	}
 	if r := awaitWait(t, ch); r.err != nil || !r.st.Success() {
 		t.Errorf("Wait across the second start = %v, %v; want exit code 0", r.st, r.err)
+	}
+}
+
+// containerd's TestIssue10589: init dies while an exec's start is under
+// way, so its exit is held back; meanwhile the client reserves another
+// exec. The reservation succeeds (init's exit is not published yet), its
+// start fails with ErrFailedPrecondition, and both execs are created again.
+// Unfixed, the reservation was refused.
+func TestExecReservedWhileInitExitIsHeld(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	rt := faultrunc.New(t)
+	e := newEnv(t)
+	c := e.sleeper(ctx, runckit.WithRuntime(rt.Path))
+	rt.Set(t, "exec", faultrunc.Fault{Action: faultrunc.Stall})
+	p1, err := c.Exec(ctx, "exec1", runckittest.ProcessSpec("sleep", "301"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start1 := make(chan error, 1)
+	go func() { start1 <- p1.Start(ctx) }()
+	if err := rt.WaitStalled(ctx, "exec"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(c.Init().Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for c.Init().Status() != runckit.StatusStopped {
+		if ctx.Err() != nil {
+			t.Fatal("init not seen to exit")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p2, err := c.Exec(ctx, "exec2", runckittest.ProcessSpec("sleep", "302"), runckit.Stdio{})
+	if err != nil {
+		t.Fatalf("Exec while init's exit is held for a starting exec: %v", err)
+	}
+	if err := p2.Start(ctx); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("start of exec2 after init's exit = %v, want ErrFailedPrecondition", err)
+	}
+	rt.Release("exec")
+	if err := <-start1; err == nil {
+		t.Error("exec1 started in a container whose init is gone")
+	}
+	if st, err := c.Wait(ctx); err != nil || st.Signal != syscall.SIGKILL {
+		t.Errorf("init Wait = %v, %v; want killed by SIGKILL", st, err)
+	}
+	for _, p := range []*runckit.Process{p1, p2} {
+		if st := p.Status(); st != runckit.StatusCreated {
+			t.Errorf("exec %s is %s, want created", p.ID(), st)
+		}
+	}
+	if _, err := c.Exec(ctx, "exec3", runckittest.ProcessSpec("true"), runckit.Stdio{}); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("Exec after init's exit was published = %v, want ErrFailedPrecondition", err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"sort"
 	"sync"
 	"syscall"
-	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -246,6 +245,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		closeIO()
 		return nil, errgrpc.ToGRPC(err)
 	}
+	// Tools written for the stock shim read init's pid from <bundle>/init.pid
+	// while runc create runs (containerd's runc-fp failpoint wrapper does);
+	// runckit writes it to init-<id>.pid, so the stock name links to it.
+	initLink := filepath.Join(r.Bundle, "init.pid")
+	_ = os.Remove(initLink)
+	_ = os.Symlink("init-"+r.ID+".pid", initLink)
 	var c *runckit.Container
 	if r.Checkpoint != "" {
 		c, err = runckit.Restore(ctx, r.ID, r.Bundle, runckit.RestoreOptions{ImagePath: r.Checkpoint, Terminal: r.Terminal}, opts...)
@@ -564,26 +569,16 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	return &taskAPI.WaitResponse{ExitStatus: uint32(st.Code), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}, nil
 }
 
-// waitProcess is Process.Wait, except that an exec not yet started is
-// waited for too: containerd's client sends Wait before Start, and runckit
-// refuses Wait on a created exec. Until runckit can wait on a created exec,
-// the shim polls for it to leave the created state.
+// waitProcess is Process.Wait, which blocks on an exec that is not yet
+// started (containerd's client sends Wait before Start). A failed start
+// leaves the exec created and startable again, so the wait goes on: it
+// ends with the exec's exit, or when the exec is deleted.
 func waitProcess(ctx context.Context, p *runckit.Process) (runckit.ExitStatus, error) {
-	delay := 2 * time.Millisecond
 	for {
-		if p.ID() == "" || p.Status() != runckit.StatusCreated {
-			st, err := p.Wait(ctx)
-			if !errdefs.IsFailedPrecondition(err) {
-				return st, err
-			}
-			// Its start failed: it is created again and may be restarted.
+		st, err := p.Wait(ctx)
+		if p.ID() == "" || !errdefs.IsFailedPrecondition(err) || ctx.Err() != nil {
+			return st, err
 		}
-		select {
-		case <-ctx.Done():
-			return runckit.ExitStatus{}, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 100*time.Millisecond)
 	}
 }
 
