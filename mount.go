@@ -254,7 +254,9 @@ func newDetachedMount(m Mount, flags uintptr, data string) (int, error) {
 	if data != "" {
 		for _, opt := range strings.Split(data, ",") {
 			var err error
-			if k, v, ok := strings.Cut(opt, "="); ok {
+			if k, v, ok := strings.Cut(opt, "="); ok && m.Type == "overlay" && k == "lowerdir" {
+				err = setOverlayLowers(fsfd, v)
+			} else if ok {
 				err = unix.FsconfigSetString(fsfd, k, v)
 			} else {
 				err = unix.FsconfigSetFlag(fsfd, opt)
@@ -272,6 +274,52 @@ func newDetachedMount(m Mount, flags uintptr, data string) (int, error) {
 		return -1, set("fsmount", err)
 	}
 	return fd, nil
+}
+
+// setOverlayLowers gives overlayfs its lower layers one by one, with
+// "lowerdir+" (and "datadir+" for the data-only layers after "::"):
+// fsconfig takes at most 256 bytes per string, and an image of many layers
+// has a lowerdir far longer (longer than the page mount(2) takes, even).
+// A kernel without "lowerdir+" (before 6.8) gets the one string.
+func setOverlayLowers(fsfd int, lowerdir string) error {
+	lowers, data, _ := strings.Cut(lowerdir, "::")
+	for i, dir := range splitOverlayLayers(lowers) {
+		if err := unix.FsconfigSetString(fsfd, "lowerdir+", dir); err != nil {
+			if i == 0 && errors.Is(err, unix.EINVAL) && data == "" {
+				return unix.FsconfigSetString(fsfd, "lowerdir", lowerdir)
+			}
+			return err
+		}
+	}
+	for _, dir := range splitOverlayLayers(data) {
+		if err := unix.FsconfigSetString(fsfd, "datadir+", dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitOverlayLayers splits a lowerdir list at its unescaped colons and
+// unescapes each path ("\:" is a colon in a path, as overlayfs reads it).
+func splitOverlayLayers(list string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(list); i++ {
+		switch {
+		case list[i] == '\\' && i+1 < len(list):
+			i++
+			cur.WriteByte(list[i])
+		case list[i] == ':':
+			out = append(out, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(list[i])
+		}
+	}
+	if cur.Len() > 0 || len(out) > 0 {
+		out = append(out, cur.String())
+	}
+	return out
 }
 
 // fsLog returns the messages the filesystem left on its configuration fd
