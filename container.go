@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/runckit/runckit/internal/phase"
 )
 
 // Files runckit keeps in the bundle directory while the container exists.
@@ -184,6 +186,7 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (*C
 // comes back running from a checkpoint, and create and start are published
 // together.
 func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOptions, opts []Option) (_ *Container, retErr error) {
+	t := phase.Begin()
 	if err := validateID("container", id); err != nil {
 		return nil, err
 	}
@@ -210,6 +213,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err := reserveID(cfg.runtimeRoot, id); err != nil {
 		return nil, err
 	}
+	phase.End(phase.Checks, t)
 
 	c := makeContainer(id, bundle, runtimePath, cfg, watcher)
 	defer func() {
@@ -225,13 +229,17 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		c.rec = &recorder{path: recordPath(cfg.stateDir, cfg.runtimeRoot, id)}
 		c.undo = append(c.undo, c.rec.remove)
 	}
+	t = phase.Begin()
 	spec, err := c.prepareBundle()
 	if err != nil {
 		return nil, err
 	}
+	phase.End(phase.Bundle, t)
 	c.sharedPID = sharesPIDNamespace(spec)
 	c.procTemplate = spec.Process
+	t = phase.Begin()
 	c.cgroups = containerCgroups(spec, id, cfg.runtimeOpts.SystemdCgroup)
+	phase.End(phase.Cgroups, t)
 	if c.stopSignal, err = parseStopSignal(spec); err != nil {
 		return nil, err
 	}
@@ -247,7 +255,9 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err != nil {
 		return nil, err
 	}
+	t = phase.Begin()
 	pidfd, err := openPidfd(pid)
+	phase.End(phase.Pidfd, t)
 	if err != nil {
 		c.forceDelete()
 		reapPid(pid)
@@ -256,13 +266,17 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	}
 	c.init.pid, c.init.pidfd, c.init.io = pid, pidfd, pio
 	c.events = newEventQueue(cfg.sink)
+	t = phase.Begin()
 	oom := c.newOOMWatch(pid)
+	phase.End(phase.OOMSetup, t)
+	t = phase.Begin()
 	if !c.sharedPID {
 		if ino, err := pidNamespaceOf(pid); err == nil {
 			c.pidNS = ino
 			c.undo = append(c.undo, manageNamespaceInode(ino))
 		}
 	}
+	phase.End(phase.Namespace, t)
 	c.mu.Lock()
 	c.oom = oom
 	c.publishLocked(Event{Kind: EventCreate, Pid: pid})
@@ -272,10 +286,17 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		c.publishLocked(Event{Kind: EventStart, Pid: pid})
 	}
 	c.mu.Unlock()
+	t = phase.Begin()
 	oom.start()
+	phase.End(phase.OOMSetup, t)
+	t = phase.Begin()
 	recordStartTime(c.init)
 	c.saveRecord()
-	if err := watcher.Watch(pid, c.init.onExit); err != nil {
+	phase.End(phase.Records, t)
+	t = phase.Begin()
+	err = watcher.Watch(pid, c.init.onExit)
+	phase.End(phase.Watch, t)
+	if err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.
 		c.forceDelete()
 		c.init.onExit(reapPid(pid))
@@ -321,6 +342,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 	if ctx.Err() != nil {
 		return 0, nil, canceledError(ctx, step, c.id, "")
 	}
+	t := phase.Begin()
 	pio, err := newProcessIO(c.cfg.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
@@ -329,6 +351,8 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 	pidFile := filepath.Join(c.bundle, initPidFile(c.id))
 	removePidFiles(pidFile) // a stale pid must never be taken for this init's
 	runCtx, g := guardRunc(ctx, c.cfg.runtimeRoot, step, pidFile, c.id)
+	phase.End(phase.CreateIO, t)
+	t = phase.Begin()
 	if restore == nil {
 		err = c.runtime.Create(runCtx, c.id, c.bundle, &runc.CreateOpts{
 			IO:            pio.runcIO(),
@@ -348,6 +372,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 			ConsoleSocket:  pio.consoleSocket(),
 		})
 	}
+	phase.End(phase.RuncCreate, t)
 	if g.finish() && err == nil {
 		// runc finished as the context ended, and its helpers (init among
 		// them, until it calls setsid) were killed with it: void.
@@ -369,10 +394,12 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 		}
 		return 0, nil, rerr
 	}
+	t = phase.Begin()
 	pid, err := readPidFile(pidFile)
 	if err == nil {
 		err = pio.started(ctx)
 	}
+	phase.End(phase.CreateAfter, t)
 	if err != nil {
 		pio.abort()
 		c.undoCreate(ctx, g, c.cgroups, pidFile) // kills and reaps init too
@@ -426,9 +453,13 @@ func (c *Container) Start(ctx context.Context) error {
 	c.init.state = stateStarting
 	c.mu.Unlock()
 
+	t := phase.Begin()
 	started, err := c.runStart(ctx)
+	phase.End(phase.RuncStart, t)
 	if started {
+		t = phase.Begin()
 		awaitExecve(c.init.pid)
+		phase.End(phase.AwaitExecve, t)
 	}
 
 	defer c.saveRecord() // after the unlock below: a held exit may be handled
@@ -634,11 +665,15 @@ func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 			err = fmt.Errorf("runckit: delete container %q: %w", c.id, context.Cause(ctx))
 		}
 	}
+	t := phase.Begin()
 	c.finishDelete()
+	phase.End(phase.Undo, t)
 	if err != nil {
 		return settledError(err, "deleted anyway")
 	}
+	t = phase.Begin()
 	c.events.flush(ctx)
+	phase.End(phase.Flush, t)
 	return nil
 }
 

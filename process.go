@@ -14,6 +14,8 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/runckit/runckit/internal/phase"
 )
 
 // processState is where a process is in its life; lifecycle.go holds the
@@ -249,6 +251,7 @@ func (p *Process) Delete(ctx context.Context) error {
 
 // onExit is the ExitWatcher callback for the process.
 func (p *Process) onExit(st ExitStatus) {
+	defer phase.End(phase.Exit, phase.Begin())
 	c := p.c
 	c.mu.Lock()
 	if p.state == stateExited || p.state == stateDeleted {
