@@ -7,12 +7,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/runckit/runckit/internal/phase"
 )
@@ -71,6 +75,10 @@ type Container struct {
 	recordVersion uint64
 	deleting      bool
 	deleted       bool
+	// execvePending is set when runc start released init, which may not
+	// have left runc init yet; a signal to init waits for it first
+	// (settleExecve), so Start itself does not.
+	execvePending bool
 
 	cgroups []cgroupDir // the container's cgroup in each hierarchy (cancel.go)
 	starts  execStarts  // exec starts in flight, for stray clean-up (cancel.go)
@@ -294,7 +302,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	c.saveRecord()
 	phase.End(phase.Records, t)
 	t = phase.Begin()
-	err = watcher.Watch(pid, c.init.onExit)
+	err = watchProcess(watcher, c.init.pidfd, pid, c.init.onExit)
 	phase.End(phase.Watch, t)
 	if err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.
@@ -417,6 +425,52 @@ func (c *Container) forceDelete() {
 	c.runtime.Delete(context.Background(), c.id, &runc.DeleteOpts{Force: true})
 }
 
+// settleExecve waits, briefly, until init runs the user's program, if runc
+// start released it and nobody has looked since: a signal sent while it is
+// still runc:[2:INIT] would be lost (see awaitExecve). Waiting here rather
+// than in Start keeps the look off every lifecycle that never signals. The
+// pid is read through a duplicate of init's pidfd, taken under the lock,
+// so that a reaped init's pid, reused, is never looked at.
+func (c *Container) settleExecve() {
+	c.mu.Lock()
+	if !c.execvePending || c.initExited {
+		c.mu.Unlock()
+		return
+	}
+	pid, fd := c.init.pid, -1
+	if h := c.init.pidfd; h != nil && h.fd >= 0 {
+		fd, _ = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+	}
+	c.mu.Unlock()
+	if fd < 0 {
+		return
+	}
+	t := phase.Begin()
+	awaitExecveFd(pid, fd)
+	phase.End(phase.AwaitExecve, t)
+	unix.Close(fd)
+	c.mu.Lock()
+	c.execvePending = false
+	c.mu.Unlock()
+}
+
+// awaitExecveFd is awaitExecve for a pid that is only known to be the
+// process's while pidfd says it has not exited.
+func awaitExecveFd(pid, pidfd int) {
+	comm := "/proc/" + strconv.Itoa(pid) + "/comm"
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		name, err := os.ReadFile(comm)
+		if err != nil || !strings.HasPrefix(string(name), "runc:[") {
+			return
+		}
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 0); err != nil || n > 0 {
+			return // exited (or the pidfd can not tell): nothing to wait for
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
 // ID returns the container's ID.
 func (c *Container) ID() string { return c.id }
 
@@ -456,11 +510,6 @@ func (c *Container) Start(ctx context.Context) error {
 	t := phase.Begin()
 	started, err := c.runStart(ctx)
 	phase.End(phase.RuncStart, t)
-	if started {
-		t = phase.Begin()
-		awaitExecve(c.init.pid)
-		phase.End(phase.AwaitExecve, t)
-	}
 
 	defer c.saveRecord() // after the unlock below: a held exit may be handled
 	c.mu.Lock()
@@ -469,6 +518,7 @@ func (c *Container) Start(ctx context.Context) error {
 		c.init.state = stateCreated
 	} else {
 		c.init.state = stateRunning
+		c.execvePending = true
 		c.publishLocked(Event{Kind: EventStart, Pid: c.init.pid})
 	}
 	if held := c.init.heldExit; held != nil {
@@ -569,6 +619,7 @@ func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOp
 	if ctx.Err() != nil {
 		return canceledError(ctx, "kill", c.id, "")
 	}
+	c.settleExecve()
 	if err := c.runtime.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: kc.all}); err != nil {
 		return newRuntimeError(ctx, "kill", c.id, "", "", err)
 	}

@@ -347,7 +347,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: %w", p.name(), perr)
 	}
-	if err := c.watcher.Watch(pid, p.onExit); err != nil {
+	if err := watchProcess(c.watcher, pidfd, pid, p.onExit); err != nil {
 		pidfd.signal(syscall.SIGKILL)
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: watch exit: %w", p.name(), err)
