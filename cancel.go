@@ -32,6 +32,8 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/runckit/runckit/internal/phase"
 )
 
 // cleanupTimeout bounds the clean-up or settling that follows a runc
@@ -837,7 +839,9 @@ func (c *Container) runDelete(ctx context.Context, force bool) (gone bool, err e
 	if ctx.Err() != nil {
 		return false, canceledError(ctx, "delete", c.id, "")
 	}
+	t := phase.Begin()
 	err = c.runtime.Delete(ctx, c.id, &runc.DeleteOpts{Force: force})
+	phase.End(phase.RuncDelete, t)
 	if err == nil {
 		return true, nil
 	}

@@ -7,12 +7,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/runckit/runckit/internal/phase"
 )
 
 // Files runckit keeps in the bundle directory while the container exists.
@@ -73,6 +79,10 @@ type Container struct {
 	recordVersion uint64
 	deleting      bool
 	deleted       bool
+	// execvePending is set when runc start released init, which may not
+	// have left runc init yet; a signal to init waits for it first
+	// (settleExecve), so Start itself does not.
+	execvePending bool
 
 	cgroups []cgroupDir // the container's cgroup in each hierarchy (cancel.go)
 	starts  execStarts  // exec starts in flight, for stray clean-up (cancel.go)
@@ -188,6 +198,7 @@ func NewContainer(ctx context.Context, id, bundleDir string, opts ...Option) (*C
 // comes back running from a checkpoint, and create and start are published
 // together.
 func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOptions, opts []Option) (_ *Container, retErr error) {
+	t := phase.Begin()
 	if err := validateID("container", id); err != nil {
 		return nil, err
 	}
@@ -214,6 +225,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err := reserveID(cfg.runtimeRoot, id); err != nil {
 		return nil, err
 	}
+	phase.End(phase.Checks, t)
 
 	c := makeContainer(id, bundle, runtimePath, cfg, watcher)
 	defer func() {
@@ -229,13 +241,17 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		c.rec = &recorder{path: recordPath(cfg.stateDir, cfg.runtimeRoot, id)}
 		c.undo = append(c.undo, c.rec.remove)
 	}
+	t = phase.Begin()
 	spec, err := c.prepareBundle()
 	if err != nil {
 		return nil, err
 	}
+	phase.End(phase.Bundle, t)
 	c.sharedPID = sharesPIDNamespace(spec)
 	c.procTemplate = spec.Process
+	t = phase.Begin()
 	c.cgroups = containerCgroups(spec, id, cfg.runtimeOpts.SystemdCgroup)
+	phase.End(phase.Cgroups, t)
 	if c.stopSignal, err = parseStopSignal(spec); err != nil {
 		return nil, err
 	}
@@ -251,7 +267,9 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	if err != nil {
 		return nil, err
 	}
+	t = phase.Begin()
 	pidfd, err := openPidfd(pid)
+	phase.End(phase.Pidfd, t)
 	if err != nil {
 		c.forceDelete()
 		reapPid(pid)
@@ -267,13 +285,17 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		}
 	}
 	c.events = newEventQueue(cfg.sink)
+	t = phase.Begin()
 	oom := c.newOOMWatch(pid)
+	phase.End(phase.OOMSetup, t)
+	t = phase.Begin()
 	if !c.sharedPID {
 		if ino, err := pidNamespaceOf(pid); err == nil {
 			c.pidNS = ino
 			c.undo = append(c.undo, manageNamespaceInode(ino))
 		}
 	}
+	phase.End(phase.Namespace, t)
 	c.mu.Lock()
 	c.oom = oom
 	c.publishLocked(Event{Kind: EventCreate, Pid: pid})
@@ -283,10 +305,17 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 		c.publishLocked(Event{Kind: EventStart, Pid: pid})
 	}
 	c.mu.Unlock()
+	t = phase.Begin()
 	oom.start()
+	phase.End(phase.OOMSetup, t)
+	t = phase.Begin()
 	recordStartTime(c.init)
 	c.saveRecord()
-	if err := watcher.Watch(pid, c.init.onExit); err != nil {
+	phase.End(phase.Records, t)
+	t = phase.Begin()
+	err = watchProcess(watcher, c.init.pidfd, pid, c.init.onExit)
+	phase.End(phase.Watch, t)
+	if err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.
 		c.forceDelete()
 		c.init.onExit(reapPid(pid))
@@ -332,6 +361,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 	if ctx.Err() != nil {
 		return 0, nil, canceledError(ctx, step, c.id, "")
 	}
+	t := phase.Begin()
 	pio, err := newProcessIO(c.cfg.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
@@ -340,6 +370,8 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 	pidFile := filepath.Join(c.bundle, initPidFile(c.id))
 	removePidFiles(pidFile) // a stale pid must never be taken for this init's
 	runCtx, g := guardRunc(ctx, c.cfg.runtimeRoot, step, pidFile, c.id)
+	phase.End(phase.CreateIO, t)
+	t = phase.Begin()
 	if restore == nil {
 		err = c.runtime.Create(runCtx, c.id, c.bundle, &runc.CreateOpts{
 			IO:            pio.runcIO(),
@@ -359,6 +391,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 			ConsoleSocket:  pio.consoleSocket(),
 		})
 	}
+	phase.End(phase.RuncCreate, t)
 	if g.finish() && err == nil {
 		// runc finished as the context ended, and its helpers (init among
 		// them, until it calls setsid) were killed with it: void.
@@ -380,10 +413,12 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 		}
 		return 0, nil, rerr
 	}
+	t = phase.Begin()
 	pid, err := readPidFile(pidFile)
 	if err == nil {
 		err = pio.started(ctx)
 	}
+	phase.End(phase.CreateAfter, t)
 	if err != nil {
 		pio.abort()
 		c.undoCreate(ctx, g, c.cgroups, pidFile) // kills and reaps init too
@@ -399,6 +434,52 @@ func (c *Container) forceDelete() {
 		return
 	}
 	c.runtime.Delete(context.Background(), c.id, &runc.DeleteOpts{Force: true})
+}
+
+// settleExecve waits, briefly, until init runs the user's program, if runc
+// start released it and nobody has looked since: a signal sent while it is
+// still runc:[2:INIT] would be lost (see awaitExecve). Waiting here rather
+// than in Start keeps the look off every lifecycle that never signals. The
+// pid is read through a duplicate of init's pidfd, taken under the lock,
+// so that a reaped init's pid, reused, is never looked at.
+func (c *Container) settleExecve() {
+	c.mu.Lock()
+	if !c.execvePending || c.initExited {
+		c.mu.Unlock()
+		return
+	}
+	pid, fd := c.init.pid, -1
+	if h := c.init.pidfd; h != nil && h.fd >= 0 {
+		fd, _ = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+	}
+	c.mu.Unlock()
+	if fd < 0 {
+		return
+	}
+	t := phase.Begin()
+	awaitExecveFd(pid, fd)
+	phase.End(phase.AwaitExecve, t)
+	unix.Close(fd)
+	c.mu.Lock()
+	c.execvePending = false
+	c.mu.Unlock()
+}
+
+// awaitExecveFd is awaitExecve for a pid that is only known to be the
+// process's while pidfd says it has not exited.
+func awaitExecveFd(pid, pidfd int) {
+	comm := "/proc/" + strconv.Itoa(pid) + "/comm"
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		name, err := os.ReadFile(comm)
+		if err != nil || !strings.HasPrefix(string(name), "runc:[") {
+			return
+		}
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 0); err != nil || n > 0 {
+			return // exited (or the pidfd can not tell): nothing to wait for
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }
 
 // ID returns the container's ID.
@@ -437,10 +518,9 @@ func (c *Container) Start(ctx context.Context) error {
 	c.init.state = stateStarting
 	c.mu.Unlock()
 
+	t := phase.Begin()
 	started, err := c.runStart(ctx)
-	if started {
-		awaitExecve(c.init.pid)
-	}
+	phase.End(phase.RuncStart, t)
 
 	defer c.saveRecord() // after the unlock below: a held exit may be handled
 	c.mu.Lock()
@@ -449,6 +529,7 @@ func (c *Container) Start(ctx context.Context) error {
 		c.init.state = stateCreated
 	} else {
 		c.init.state = stateRunning
+		c.execvePending = true
 		c.publishLocked(Event{Kind: EventStart, Pid: c.init.pid})
 	}
 	if held := c.init.heldExit; held != nil {
@@ -561,6 +642,7 @@ func (c *Container) Kill(ctx context.Context, sig syscall.Signal, opts ...KillOp
 	if ctx.Err() != nil {
 		return canceledError(ctx, "kill", c.id, "")
 	}
+	c.settleExecve()
 	if err := c.runtime.Kill(ctx, c.id, int(sig), &runc.KillOpts{All: kc.all}); err != nil {
 		return newRuntimeError(ctx, "kill", c.id, "", "", err)
 	}
@@ -657,11 +739,15 @@ func (c *Container) Delete(ctx context.Context, opts ...DeleteOption) error {
 			err = fmt.Errorf("runckit: delete container %q: %w", c.id, context.Cause(ctx))
 		}
 	}
+	t := phase.Begin()
 	c.finishDelete()
+	phase.End(phase.Undo, t)
 	if err != nil {
 		return settledError(err, "deleted anyway")
 	}
+	t = phase.Begin()
 	c.events.flush(ctx)
+	phase.End(phase.Flush, t)
 	return nil
 }
 

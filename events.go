@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/runckit/runckit/internal/phase"
 )
 
 // EventKind says what happened to a container or process.
@@ -133,6 +135,7 @@ func (q *eventQueue) lastSeq() uint64 {
 // false, and drops e, once the queue has been closed: the delete event is
 // always the last one.
 func (q *eventQueue) publish(e Event) bool {
+	defer phase.End(phase.Publish, phase.Begin())
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
@@ -164,9 +167,11 @@ func (q *eventQueue) deliver() {
 			return
 		}
 		q.mu.Unlock()
+		t := phase.Begin()
 		for _, e := range batch {
 			q.sink.Send(e)
 		}
+		phase.End(phase.Deliver, t)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,12 +71,16 @@ type pidfdWatcher struct {
 	mu      sync.Mutex // guards the fields below
 	epfd    int        // -1 while the loop is not running
 	watches map[int32]*watch
+	pids    map[int]int // watched pid -> watches, for the orphan reaper's look-ups
 }
 
 type watch struct {
 	pid    int
 	pidfd  int
 	onExit func(ExitStatus)
+	// owners is set when the pidfd is shared with a Process's pidfdHandle
+	// (watchHandle): whichever of the two lets go last closes it.
+	owners *atomic.Int32
 }
 
 var (
@@ -117,7 +122,7 @@ func NewExitWatcher() (ExitWatcher, error) {
 // newPidfdWatcher makes a watcher and registers it with the orphan reaper,
 // which must never reap what it watches.
 func newPidfdWatcher() *pidfdWatcher {
-	w := &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch)}
+	w := &pidfdWatcher{epfd: -1, watches: make(map[int32]*watch), pids: make(map[int]int)}
 	orphans.register(w)
 	return w
 }
@@ -151,6 +156,37 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 	return w.watchPidfd(fd, pid, onExit)
 }
 
+// watchHandle watches the process behind h, a Process's own pidfd, without
+// a second pidfd: one fd per process serves both signals and the watch. The
+// pidfd names the process whatever becomes of its pid, so PID-reuse safety
+// is the same as with a pidfd of the watcher's own; it stays open until
+// both the watcher (after onExit returns) and the handle (closed by the
+// exit handler) have let go.
+func (w *pidfdWatcher) watchHandle(h *pidfdHandle, pid int, onExit func(ExitStatus)) error {
+	owners := h.share()
+	orphans.trackSession(pid)
+	if err := w.addWatchShared(h.fd, pid, onExit, owners); err != nil {
+		orphans.endSession(pid)
+		h.unshare()
+		return err
+	}
+	return nil
+}
+
+// handleWatcher is implemented by the default watchers, which can watch
+// through a Process's own pidfd.
+type handleWatcher interface {
+	watchHandle(h *pidfdHandle, pid int, onExit func(ExitStatus)) error
+}
+
+// watchProcess has watcher watch pid, through h when the watcher can.
+func watchProcess(watcher ExitWatcher, h *pidfdHandle, pid int, onExit func(ExitStatus)) error {
+	if hw, ok := watcher.(handleWatcher); ok && h != nil && h.fd >= 0 {
+		return hw.watchHandle(h, pid, onExit)
+	}
+	return watcher.Watch(pid, onExit)
+}
+
 // watchPidfd watches the process behind pidfd, which it owns from then on.
 // Adoption uses it directly: its pidfd was checked to name the right
 // process, which a second pidfd_open by number could not promise.
@@ -170,6 +206,17 @@ func (w *pidfdWatcher) watchPidfd(fd, pid int, onExit func(ExitStatus)) error {
 
 // addWatch registers the pidfd with the epoll loop.
 func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
+	return w.addWatchShared(fd, pid, onExit, nil)
+}
+
+// addWatchShared is addWatch for a pidfd the watcher owns (owners nil) or
+// shares. A shared pidfd is never closed here on failure: its handle keeps it.
+func (w *pidfdWatcher) addWatchShared(fd, pid int, onExit func(ExitStatus), owners *atomic.Int32) error {
+	closeFd := func() {
+		if owners == nil {
+			unix.Close(fd)
+		}
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// The loop is started only once its first pidfd is registered, so a loop
@@ -178,7 +225,7 @@ func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
 	if w.epfd < 0 {
 		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
-			unix.Close(fd)
+			closeFd()
 			return fmt.Errorf("runckit: epoll_create1: %w", err)
 		}
 		w.epfd = epfd
@@ -186,14 +233,15 @@ func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		unix.Close(fd)
+		closeFd()
 		if startLoop {
 			unix.Close(w.epfd)
 			w.epfd = -1
 		}
 		return fmt.Errorf("runckit: epoll_ctl add pidfd of %d: %w", pid, err)
 	}
-	w.watches[int32(fd)] = &watch{pid: pid, pidfd: fd, onExit: onExit}
+	w.watches[int32(fd)] = &watch{pid: pid, pidfd: fd, onExit: onExit, owners: owners}
+	w.pids[pid]++
 	if startLoop {
 		go w.loop(w.epfd)
 	}
@@ -204,12 +252,7 @@ func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
 func (w *pidfdWatcher) watching(pid int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, wt := range w.watches {
-		if wt.pid == pid {
-			return true
-		}
-	}
-	return false
+	return w.pids[pid] > 0
 }
 
 func (w *pidfdWatcher) loop(epfd int) {
@@ -231,7 +274,7 @@ func (w *pidfdWatcher) loop(epfd int) {
 		}
 		w.mu.Unlock()
 		idle := false
-		for _, wt := range ready {
+		for i, wt := range ready {
 			// Reap before forgetting: a reaping watcher must see a pid as
 			// watched until it has been reaped here. Report each exit as
 			// soon as it is reaped, outside the lock (onExit takes
@@ -240,6 +283,15 @@ func (w *pidfdWatcher) loop(epfd int) {
 			orphans.endSession(wt.pid)
 			idle = w.forget(epfd, wt)
 			wt.onExit(st)
+			if wt.owners != nil && wt.owners.Add(-1) == 0 {
+				unix.Close(wt.pidfd) // the handle let go first
+			}
+			if i < len(ready)-1 {
+				// Let the delivery goroutines this exit may have started
+				// run now: made here, they would wait behind the rest of
+				// the batch on this P.
+				runtime.Gosched()
+			}
 		}
 		if idle {
 			return
@@ -254,8 +306,13 @@ func (w *pidfdWatcher) forget(epfd int, wt *watch) (idle bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.watches, int32(wt.pidfd))
+	if w.pids[wt.pid]--; w.pids[wt.pid] <= 0 {
+		delete(w.pids, wt.pid)
+	}
 	unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
-	unix.Close(wt.pidfd)
+	if wt.owners == nil {
+		unix.Close(wt.pidfd)
+	}
 	if len(w.watches) == 0 {
 		unix.Close(epfd)
 		w.epfd = -1
@@ -429,7 +486,21 @@ func statusFromSiginfo(code, status int32, at time.Time) ExitStatus {
 // through it can only reach that process, never a later user of its pid.
 type pidfdHandle struct {
 	fd int
+	// owners counts the holders of fd when the default watcher watches
+	// through it too (watchHandle); nil when the handle alone owns it.
+	owners *atomic.Int32
 }
+
+// share makes the watcher a second owner of the pidfd. It is called before
+// the handle is registered with the watcher, by the goroutine that made it.
+func (h *pidfdHandle) share() *atomic.Int32 {
+	h.owners = new(atomic.Int32)
+	h.owners.Store(2)
+	return h.owners
+}
+
+// unshare undoes share when the watch could not be registered.
+func (h *pidfdHandle) unshare() { h.owners = nil }
 
 func openPidfd(pid int) (*pidfdHandle, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
@@ -448,9 +519,13 @@ func (h *pidfdHandle) signal(sig syscall.Signal) error {
 	return unix.PidfdSendSignal(h.fd, sig, nil, 0)
 }
 
+// close lets go of the pidfd; it is closed once the watcher sharing it, if
+// any, has let go too.
 func (h *pidfdHandle) close() {
 	if h != nil && h.fd >= 0 {
-		unix.Close(h.fd)
+		if h.owners == nil || h.owners.Add(-1) == 0 {
+			unix.Close(h.fd)
+		}
 		h.fd = -1
 	}
 }

@@ -14,6 +14,8 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/runckit/runckit/internal/phase"
 )
 
 // processState is where a process is in its life; lifecycle.go holds the
@@ -279,6 +281,7 @@ func (p *Process) Delete(ctx context.Context) error {
 
 // onExit is the ExitWatcher callback for the process.
 func (p *Process) onExit(st ExitStatus) {
+	defer phase.End(phase.Exit, phase.Begin())
 	c := p.c
 	c.mu.Lock()
 	if p.state == stateExited || p.state == stateDeleted {
@@ -374,7 +377,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: %w", p.name(), perr)
 	}
-	if err := c.watcher.Watch(pid, p.onExit); err != nil {
+	if err := watchProcess(c.watcher, pidfd, pid, p.onExit); err != nil {
 		pidfd.signal(syscall.SIGKILL)
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: watch exit: %w", p.name(), err)

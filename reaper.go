@@ -165,6 +165,18 @@ func (r *orphanReaper) heldZombie(pid int) bool {
 	return r.holds[ns] > 0 || (r.holds[0] > 0 && !managed)
 }
 
+// watched reports whether a watcher watches pid.
+func (r *orphanReaper) watched(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.watchers {
+		if w.watching(pid) {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *orphanReaper) claim(pid int) {
 	r.mu.Lock()
 	r.claimed[pid]++
@@ -191,7 +203,13 @@ func (r *orphanReaper) loop() {
 	for range r.signals {
 		deferred := false
 		var self selfView
-		for _, pid := range zombieChildPids() {
+		for _, pid := range childPids() {
+			// A watched child is its watcher's to reap: skip it before
+			// reading /proc, which for thousands of live containers would
+			// cost a file read each on every SIGCHLD.
+			if r.watched(pid) || !isZombie(pid) {
+				continue
+			}
 			ok, held := r.reapable(pid, &self)
 			if ok {
 				reapZombie(pid)
@@ -498,18 +516,6 @@ func isManagedPIDNamespace(ino uint64) bool {
 // which rename themselves runc:[0:PARENT], runc:[1:CHILD], runc:[2:INIT].
 func isRuncHelper(pid int) bool {
 	return strings.HasPrefix(commOf(pid), "runc:[")
-}
-
-// zombieChildPids lists this process's children that have exited and not
-// been reaped.
-func zombieChildPids() []int {
-	var pids []int
-	for _, pid := range childPids() {
-		if isZombie(pid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 func isZombie(pid int) bool {

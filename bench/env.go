@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/runckit/runckit"
+	"github.com/runckit/runckit/internal/phase"
 	"github.com/runckit/runckit/runckittest"
 )
 
@@ -185,6 +186,13 @@ func (e *env) deleteRunckit(ctx context.Context, c *runckit.Container, force boo
 // createFloor runs `runc create` for id through go-runc, as runckit does
 // (pid file, stdio on /dev/null), and returns init's pid.
 func (e *env) createFloor(ctx context.Context, id string) (int, error) {
+	return e.createFloorTimed(ctx, id, nil)
+}
+
+// createFloorTimed is createFloor, timing runc create (with its IO) and the
+// pid file read into rec when it is not nil.
+func (e *env) createFloorTimed(ctx context.Context, id string, rec *phaseRecorder) (int, error) {
+	t := time.Now()
 	nio, err := runc.NewNullIO()
 	if err != nil {
 		return 0, err
@@ -196,6 +204,11 @@ func (e *env) createFloor(ctx context.Context, id string) (int, error) {
 	e.mu.Unlock()
 	if err := e.floor.Create(ctx, id, e.bundleDir(id), &runc.CreateOpts{IO: nio, PidFile: pidFile}); err != nil {
 		return 0, fmt.Errorf("runc create %s: %w", id, err)
+	}
+	if rec != nil {
+		rec.since(flCreate, t)
+		t = time.Now()
+		defer rec.since(flPidFile, t)
 	}
 	data, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -434,58 +447,80 @@ func (e *env) burstFloor(ctx context.Context, c *runckit.Container, n int) (time
 
 // ---- lifecycle ----
 
-// lifecycleRunckit: per container NewContainer, Start, Wait, Delete.
-func (e *env) lifecycleRunckit(ctx context.Context, round, n, width int) (time.Duration, error) {
+// lifecycleRunckit: per container NewContainer, Start, Wait, Delete. It
+// returns the run's phase totals: the API calls, and runckit's phases
+// inside them (internal/phase).
+func (e *env) lifecycleRunckit(ctx context.Context, round, n, width int) (time.Duration, phaseTimes, error) {
 	names := ids(fmt.Sprintf("lc%d-w%d-k", round, width), n)
 	if err := e.writeBundles(names, "true"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer e.removeBundles(names)
+	rec := newPhaseRecorder(apiNew, apiStart, apiWait, apiDelete)
+	phase.SetHook(rec.hook)
+	defer phase.SetHook(nil)
 	t0 := time.Now()
 	err := parallelDo(ctx, n, width, func(i int) error {
+		t := time.Now()
 		c, err := e.newRunckit(ctx, names[i])
 		if err != nil {
 			return err
 		}
+		rec.since(apiNew, t)
+		t = time.Now()
 		if err := c.Start(ctx); err != nil {
 			return err
 		}
+		rec.since(apiStart, t)
+		t = time.Now()
 		st, err := c.Wait(ctx)
 		if err != nil {
 			return err
 		}
+		rec.since(apiWait, t)
 		if !st.Success() {
 			return fmt.Errorf("container %s: %v", c.ID(), st)
 		}
-		return e.deleteRunckit(ctx, c, false)
+		t = time.Now()
+		err = e.deleteRunckit(ctx, c, false)
+		rec.since(apiDelete, t)
+		return err
 	})
-	return time.Since(t0), err
+	return time.Since(t0), rec.times(), err
 }
 
 // lifecycleFloor: per container go-runc Create, Start, wait4 on init's pid,
 // Delete.
-func (e *env) lifecycleFloor(ctx context.Context, round, n, width int) (time.Duration, error) {
+func (e *env) lifecycleFloor(ctx context.Context, round, n, width int) (time.Duration, phaseTimes, error) {
 	names := ids(fmt.Sprintf("lc%d-w%d-f", round, width), n)
 	if err := e.writeBundles(names, "true"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer e.removeBundles(names)
+	rec := newPhaseRecorder(flCreate, flPidFile, flStart, flWait, flDelete)
 	t0 := time.Now()
 	err := parallelDo(ctx, n, width, func(i int) error {
 		id := names[i]
-		pid, err := e.createFloor(ctx, id)
+		pid, err := e.createFloorTimed(ctx, id, rec)
 		if err != nil {
 			return err
 		}
+		t := time.Now()
 		if err := e.floor.Start(ctx, id); err != nil {
 			return fmt.Errorf("runc start %s: %w", id, err)
 		}
+		rec.since(flStart, t)
+		t = time.Now()
 		if err := e.waitFloor(id, pid); err != nil {
 			return err
 		}
-		return e.deleteFloor(ctx, id, false)
+		rec.since(flWait, t)
+		t = time.Now()
+		err = e.deleteFloor(ctx, id, false)
+		rec.since(flDelete, t)
+		return err
 	})
-	return time.Since(t0), err
+	return time.Since(t0), rec.times(), err
 }
 
 // ---- exit latency ----

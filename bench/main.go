@@ -19,11 +19,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/runckit/runckit"
 	"github.com/runckit/runckit/runckittest"
 )
 
@@ -42,18 +44,45 @@ type config struct {
 	scale       int   // live containers
 	heavyRounds int   // rounds of the exit-latency and scale measurements (the slowest)
 	parallel    int   // concurrency for setup and the scale creation
+	lcN         int   // -lifecycles: overrides lcSeq and lcPar
+	only        onlyFlag
+	readme      string // README whose results block is rewritten; "" for none
 }
+
+// measurements are the names -only takes, in the order they run.
+var measurements = []string{"exec-burst", "lifecycle-seq", "lifecycle-par", "exit-latency", "scale-create"}
+
+// onlyFlag is the repeatable -only NAME.
+type onlyFlag map[string]bool
+
+func (o onlyFlag) String() string { return fmt.Sprint(map[string]bool(o)) }
+
+func (o onlyFlag) Set(v string) error {
+	for _, m := range measurements {
+		if m == v {
+			o[v] = true
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown measurement %q (have %v)", v, measurements)
+}
+
+// want reports whether measurement name runs.
+func (c *config) want(name string) bool { return len(c.only) == 0 || c.only[name] }
 
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix("bench: ")
-	var cfg config
+	cfg := config{only: onlyFlag{}}
+	flag.Var(cfg.only, "only", "run only this measurement (repeatable): "+strings.Join(measurements, ", "))
+	flag.StringVar(&cfg.readme, "readme", "README.md", "README whose bench results block is rewritten (\"\" for none; not with -quick or -only unless given)")
 	flag.BoolVar(&cfg.quick, "quick", false, "small sizes and 1 round: a smoke test that finishes in well under a minute")
 	flag.IntVar(&cfg.rounds, "rounds", 0, "rounds of each measurement (default 5, 1 with -quick)")
 	flag.StringVar(&cfg.out, "out", "bench/results.json", "where to write the JSON results (with -quick: a file in $TMPDIR unless given)")
 	flag.StringVar(&cfg.svg, "svg", "docs/exec-burst.svg", "where to write the exec-burst chart (with -quick: a file in $TMPDIR unless given)")
-	flag.IntVar(&cfg.scale, "scale", 0, "live containers in the scale measurement (default 1000, 5 with -quick)")
+	flag.IntVar(&cfg.scale, "scale", 0, "live containers in the scale measurement (default 1000, 5 with -quick; -only scale-create -scale 5000 for the large run)")
 	flag.IntVar(&cfg.heavyRounds, "heavy-rounds", 0, "rounds of the exit-latency and scale measurements, run in the first rounds (default 1; each takes minutes at full size)")
+	flag.IntVar(&cfg.lcN, "lifecycles", 0, "lifecycles in lifecycle-seq and lifecycle-par (default 50 and 200)")
 	flag.IntVar(&cfg.latProcs, "latency-procs", 0, "live execs killed in the exit-latency burst (default 1000, 20 with -quick)")
 	flag.Parse()
 
@@ -66,6 +95,9 @@ func main() {
 		}
 		if !set["svg"] {
 			cfg.svg = filepath.Join(os.TempDir(), "runckit-bench-quick.svg")
+		}
+		if !set["readme"] {
+			cfg.readme = ""
 		}
 		cfg.burstNs = []int{1, 2}
 		cfg.lcSeq, cfg.lcPar, cfg.lcParWidth = 3, 4, 2
@@ -80,6 +112,12 @@ func main() {
 		setDefault(&cfg.latProcs, 1000)
 		setDefault(&cfg.scale, 1000)
 		setDefault(&cfg.rounds, 5)
+	}
+	if len(cfg.only) > 0 && !set["readme"] {
+		cfg.readme = "" // a partial run does not rewrite the README's table
+	}
+	if cfg.lcN > 0 {
+		cfg.lcSeq, cfg.lcPar = cfg.lcN, cfg.lcN
 	}
 	setDefault(&cfg.heavyRounds, 1)
 	cfg.heavyRounds = min(cfg.heavyRounds, cfg.rounds)
@@ -150,6 +188,14 @@ func run(cfg config) (code int) {
 			fmt.Printf("results: %s\n", cfg.out)
 		}
 	}
+	if cfg.readme != "" && len(res.records) > 0 && err == nil {
+		if werr := updateReadme(cfg.readme, res.records); werr != nil {
+			log.Print(werr)
+			code = 1
+		} else {
+			fmt.Printf("table:   %s\n", cfg.readme)
+		}
+	}
 	if len(res.burst) > 0 {
 		if werr := writeSVG(cfg.svg, res.burst); werr != nil {
 			log.Print(werr)
@@ -188,6 +234,13 @@ type record struct {
 	P99Ms float64 `json:"p99_ms,omitempty"`
 	MaxMs float64 `json:"max_ms,omitempty"`
 
+	// RunckitPhasesMs and FloorPhasesMs break a lifecycle down: the mean
+	// milliseconds per lifecycle in each phase (median over rounds). The
+	// runckit phases are measured inside the library (internal/phase);
+	// "own" is the sum of the phases that are not runc invocations.
+	RunckitPhasesMs map[string]float64 `json:"runckit_phases_ms,omitempty"`
+	FloorPhasesMs   map[string]float64 `json:"floor_phases_ms,omitempty"`
+
 	HeapBytesPerContainer  float64 `json:"heap_bytes_per_container,omitempty"`
 	GoroutinesPerContainer float64 `json:"goroutines_per_container,omitempty"`
 	FdsPerContainer        float64 `json:"fds_per_container,omitempty"`
@@ -211,36 +264,53 @@ func writeResults(path string, recs []record) error {
 	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
 
-// runAll runs every measurement, round by round: each round runs runckit and
-// the floor back to back for every size, alternating which goes first.
+// runAll runs every measurement (or those -only names), round by round:
+// each round runs runckit and the floor back to back for every size,
+// alternating which goes first.
 func runAll(ctx context.Context, cfg config, env *env) (*results, error) {
 	res := &results{}
 
 	// Exec burst and lifecycle: cheap enough to interleave in every round.
 	burstRK := make(map[int][]time.Duration)
 	burstFL := make(map[int][]time.Duration)
-	type lcKey struct{ n, width int }
-	lcKeys := []lcKey{{cfg.lcSeq, 1}, {cfg.lcPar, cfg.lcParWidth}}
+	type lcKey struct {
+		name     string
+		n, width int
+	}
+	var lcKeys []lcKey
+	if cfg.want("lifecycle-seq") {
+		lcKeys = append(lcKeys, lcKey{"lifecycle-seq", cfg.lcSeq, 1})
+	}
+	if cfg.want("lifecycle-par") {
+		lcKeys = append(lcKeys, lcKey{"lifecycle-par", cfg.lcPar, cfg.lcParWidth})
+	}
 	lcRK := make(map[lcKey][]time.Duration)
 	lcFL := make(map[lcKey][]time.Duration)
+	lcPhRK := make(map[lcKey][]phaseTimes)
+	lcPhFL := make(map[lcKey][]phaseTimes)
 
-	burstC, err := env.newBurstContainer(ctx)
-	if err != nil {
-		return res, err
+	var burstC *runckit.Container
+	if cfg.want("exec-burst") {
+		var err error
+		if burstC, err = env.newBurstContainer(ctx); err != nil {
+			return res, err
+		}
 	}
 	// Warm up (untimed): page cache, runc binary, first-use setup in both
 	// paths, so that round 1 does not pay for whichever side runs first.
 	log.Print("warm-up")
-	if _, err := env.burstRunckit(ctx, burstC, -1, 2); err != nil {
+	if burstC != nil {
+		if _, err := env.burstRunckit(ctx, burstC, -1, 2); err != nil {
+			return res, fmt.Errorf("warm-up: %w", err)
+		}
+		if _, err := env.burstFloor(ctx, burstC, 2); err != nil {
+			return res, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	if _, _, err := env.lifecycleRunckit(ctx, -1, 2, 1); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
-	if _, err := env.burstFloor(ctx, burstC, 2); err != nil {
-		return res, fmt.Errorf("warm-up: %w", err)
-	}
-	if _, err := env.lifecycleRunckit(ctx, -1, 2, 1); err != nil {
-		return res, fmt.Errorf("warm-up: %w", err)
-	}
-	if _, err := env.lifecycleFloor(ctx, -1, 2, 1); err != nil {
+	if _, _, err := env.lifecycleFloor(ctx, -1, 2, 1); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
 	var latency []time.Duration
@@ -252,6 +322,9 @@ func runAll(ctx context.Context, cfg config, env *env) (*results, error) {
 		rkFirst := r%2 == 0
 		log.Printf("round %d/%d", r+1, cfg.rounds)
 		for _, n := range cfg.burstNs {
+			if burstC == nil {
+				break
+			}
 			rk, fl, err := pair(rkFirst,
 				func() (time.Duration, error) { return env.burstRunckit(ctx, burstC, r, n) },
 				func() (time.Duration, error) { return env.burstFloor(ctx, burstC, n) })
@@ -263,48 +336,68 @@ func runAll(ctx context.Context, cfg config, env *env) (*results, error) {
 			log.Printf("  exec burst N=%-4d runckit %-10v floor %v", n, rk.Round(time.Microsecond), fl.Round(time.Microsecond))
 		}
 		for _, k := range lcKeys {
+			var phRK, phFL phaseTimes
 			rk, fl, err := pair(rkFirst,
-				func() (time.Duration, error) { return env.lifecycleRunckit(ctx, r, k.n, k.width) },
-				func() (time.Duration, error) { return env.lifecycleFloor(ctx, r, k.n, k.width) })
+				func() (d time.Duration, err error) {
+					d, phRK, err = env.lifecycleRunckit(ctx, r, k.n, k.width)
+					return d, err
+				},
+				func() (d time.Duration, err error) {
+					d, phFL, err = env.lifecycleFloor(ctx, r, k.n, k.width)
+					return d, err
+				})
 			if err != nil {
 				return res, fmt.Errorf("lifecycle %d x%d: %w", k.n, k.width, err)
 			}
 			lcRK[k] = append(lcRK[k], rk)
 			lcFL[k] = append(lcFL[k], fl)
-			log.Printf("  lifecycle %d, %d at a time: runckit %-10v floor %v", k.n, k.width, rk.Round(time.Millisecond), fl.Round(time.Millisecond))
+			lcPhRK[k] = append(lcPhRK[k], phRK.perLifecycle(k.n))
+			lcPhFL[k] = append(lcPhFL[k], phFL.perLifecycle(k.n))
+			log.Printf("  lifecycle %d, %d at a time: runckit %-10v floor %v (%.3fx); runckit's own work %.2f ms per lifecycle",
+				k.n, k.width, rk.Round(time.Millisecond), fl.Round(time.Millisecond), float64(rk)/float64(fl),
+				phRK.perLifecycle(k.n).own())
 		}
 		if r >= cfg.heavyRounds {
 			continue
 		}
-		lat, burst, err := env.exitLatency(ctx, r, cfg.latProcs, cfg.latConts, cfg.parallel)
-		if err != nil {
-			return res, fmt.Errorf("exit latency: %w", err)
+		if cfg.want("exit-latency") {
+			lat, burst, err := env.exitLatency(ctx, r, cfg.latProcs, cfg.latConts, cfg.parallel)
+			if err != nil {
+				return res, fmt.Errorf("exit latency: %w", err)
+			}
+			latency = append(latency, lat...)
+			latBurst = append(latBurst, burst)
+			log.Printf("  exit latency, %d execs: p50 %v p99 %v max %v (burst %v)", cfg.latProcs,
+				percentile(lat, 50), percentile(lat, 99), percentile(lat, 100), burst.Round(time.Millisecond))
 		}
-		latency = append(latency, lat...)
-		latBurst = append(latBurst, burst)
-		log.Printf("  exit latency, %d execs: p50 %v p99 %v max %v (burst %v)", cfg.latProcs,
-			percentile(lat, 50), percentile(lat, 99), percentile(lat, 100), burst.Round(time.Millisecond))
-		var use usage
-		rk, fl, err := pair(rkFirst,
-			func() (d time.Duration, err error) {
-				d, use, err = env.scaleRunckit(ctx, r, cfg.scale, cfg.parallel)
-				return d, err
-			},
-			func() (time.Duration, error) { return env.scaleFloor(ctx, r, cfg.scale, cfg.parallel) })
-		if err != nil {
-			return res, fmt.Errorf("scale %d: %w", cfg.scale, err)
+		if cfg.want("scale-create") {
+			var use usage
+			rk, fl, err := pair(rkFirst,
+				func() (d time.Duration, err error) {
+					d, use, err = env.scaleRunckit(ctx, r, cfg.scale, cfg.parallel)
+					return d, err
+				},
+				func() (time.Duration, error) { return env.scaleFloor(ctx, r, cfg.scale, cfg.parallel) })
+			if err != nil {
+				return res, fmt.Errorf("scale %d: %w", cfg.scale, err)
+			}
+			scaleRK = append(scaleRK, rk)
+			scaleFL = append(scaleFL, fl)
+			scaleUse = append(scaleUse, use)
+			log.Printf("  scale %d: create runckit %v floor %v (%.3fx); per container heap %.0f B, %.2f goroutines, %.2f fds",
+				cfg.scale, rk.Round(time.Millisecond), fl.Round(time.Millisecond), float64(rk)/float64(fl), use.heap, use.goroutines, use.fds)
 		}
-		scaleRK = append(scaleRK, rk)
-		scaleFL = append(scaleFL, fl)
-		scaleUse = append(scaleUse, use)
-		log.Printf("  scale %d: create runckit %v floor %v; per container heap %.0f B, %.2f goroutines, %.2f fds",
-			cfg.scale, rk.Round(time.Millisecond), fl.Round(time.Millisecond), use.heap, use.goroutines, use.fds)
 	}
-	if err := env.deleteBurstContainer(ctx, burstC); err != nil {
-		return res, err
+	if burstC != nil {
+		if err := env.deleteBurstContainer(ctx, burstC); err != nil {
+			return res, err
+		}
 	}
 
 	for _, n := range cfg.burstNs {
+		if burstC == nil {
+			break
+		}
 		rk, fl := median(burstRK[n]), median(burstFL[n])
 		res.burst = append(res.burst, burstPoint{n: n, runckit: rk, floor: fl})
 		res.records = append(res.records, pairRecord("exec-burst", n, 0, cfg.rounds, rk, fl,
@@ -315,30 +408,33 @@ func runAll(ctx context.Context, cfg config, env *env) (*results, error) {
 		if k.width > 1 {
 			note = fmt.Sprintf("create+start+wait+delete of `true` containers, %d at a time", k.width)
 		}
-		name := "lifecycle-seq"
-		if k.width > 1 {
-			name = "lifecycle-par"
-		}
-		res.records = append(res.records, pairRecord(name, k.n, k.width, cfg.rounds, median(lcRK[k]), median(lcFL[k]), note))
+		rec := pairRecord(k.name, k.n, k.width, cfg.rounds, median(lcRK[k]), median(lcFL[k]), note)
+		rec.RunckitPhasesMs = medianPhases(lcPhRK[k]).ms(true)
+		rec.FloorPhasesMs = medianPhases(lcPhFL[k]).ms(false)
+		res.records = append(res.records, rec)
 	}
-	res.records = append(res.records, record{
-		Name:     "exit-latency",
-		N:        cfg.latProcs,
-		Rounds:   cfg.heavyRounds,
-		RunckitS: median(latBurst).Seconds(),
-		P50Ms:    ms(percentile(latency, 50)),
-		P99Ms:    ms(percentile(latency, 99)),
-		MaxMs:    ms(percentile(latency, 100)),
-		Note: fmt.Sprintf("%d sleep execs over %d containers SIGKILLed in one burst; reap (ExitedAt) to sink call, all rounds pooled; runckit_s is kill-to-last-event",
-			cfg.latProcs, cfg.latConts),
-	})
-	use := medianUsage(scaleUse)
-	rec := pairRecord("scale-create", cfg.scale, cfg.parallel, len(scaleRK), median(scaleRK), median(scaleFL),
-		"create of M live containers; resources per running container (heap in use after GC, goroutines, open fds)")
-	rec.HeapBytesPerContainer = use.heap
-	rec.GoroutinesPerContainer = use.goroutines
-	rec.FdsPerContainer = use.fds
-	res.records = append(res.records, rec)
+	if len(latBurst) > 0 {
+		res.records = append(res.records, record{
+			Name:     "exit-latency",
+			N:        cfg.latProcs,
+			Rounds:   len(latBurst),
+			RunckitS: median(latBurst).Seconds(),
+			P50Ms:    ms(percentile(latency, 50)),
+			P99Ms:    ms(percentile(latency, 99)),
+			MaxMs:    ms(percentile(latency, 100)),
+			Note: fmt.Sprintf("%d sleep execs over %d containers SIGKILLed in one burst; reap (ExitedAt) to sink call, all rounds pooled; runckit_s is kill-to-last-event",
+				cfg.latProcs, cfg.latConts),
+		})
+	}
+	if len(scaleRK) > 0 {
+		use := medianUsage(scaleUse)
+		rec := pairRecord("scale-create", cfg.scale, cfg.parallel, len(scaleRK), median(scaleRK), median(scaleFL),
+			"create of M live containers; resources per idle running container (heap in use after GC, goroutines, open fds)")
+		rec.HeapBytesPerContainer = use.heap
+		rec.GoroutinesPerContainer = use.goroutines
+		rec.FdsPerContainer = use.fds
+		res.records = append(res.records, rec)
+	}
 	return res, nil
 }
 

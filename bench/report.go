@@ -111,6 +111,76 @@ func printTable(w io.Writer, res *results) {
 		}
 		fmt.Fprintf(w, "%-14s %6d %4s %10s %10s %7s  %s\n", r.Name, r.N, par, fmtDur(r.RunckitS), fmtDur(r.FloorS), ratio, detail)
 	}
+	for _, r := range res.records {
+		if len(r.RunckitPhasesMs) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s (n=%d, %d at a time), ms per lifecycle:\n", r.Name, r.N, max(r.Parallel, 1))
+		fmt.Fprintf(w, "  runckit: %s\n", fmtPhases(r.RunckitPhasesMs))
+		fmt.Fprintf(w, "  floor:   %s\n", fmtPhases(r.FloorPhasesMs))
+	}
+}
+
+func fmtPhases(m map[string]float64) string {
+	var parts []string
+	for _, k := range phaseOrder(m) {
+		parts = append(parts, fmt.Sprintf("%s %.3f", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Markers of the README block the bench rewrites.
+const (
+	readmeBegin = "<!-- bench:begin (written by go run ./bench) -->"
+	readmeEnd   = "<!-- bench:end -->"
+)
+
+// updateReadme rewrites the results block of the README at path: a table
+// of every record, and each lifecycle's phase breakdown.
+func updateReadme(path string, recs []record) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(data)
+	i, j := strings.Index(s, readmeBegin), strings.Index(s, readmeEnd)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s has no %q ... %q block", path, readmeBegin, readmeEnd)
+	}
+	var b strings.Builder
+	b.WriteString(readmeBegin + "\n\n")
+	b.WriteString("| measurement | n | par | runckit | floor | ratio | detail |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range recs {
+		par, ratio, detail := "-", "-", ""
+		if r.Parallel > 0 {
+			par = fmt.Sprint(r.Parallel)
+		}
+		if r.Name == "exec-burst" {
+			par = fmt.Sprint(r.N)
+		}
+		if r.Ratio > 0 {
+			ratio = fmt.Sprintf("%.3fx", r.Ratio)
+		}
+		switch r.Name {
+		case "exit-latency":
+			detail = fmt.Sprintf("reap to sink: p50 %.3f ms, p99 %.3f ms, max %.3f ms", r.P50Ms, r.P99Ms, r.MaxMs)
+		case "scale-create":
+			detail = fmt.Sprintf("per idle container: %.0f B heap, %.2f goroutines, %.2f fds", r.HeapBytesPerContainer, r.GoroutinesPerContainer, r.FdsPerContainer)
+		case "lifecycle-seq", "lifecycle-par":
+			detail = fmt.Sprintf("runckit's own work %.2f ms per lifecycle", r.RunckitPhasesMs["own"])
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", r.Name, r.N, par, fmtDur(r.RunckitS), fmtDur(r.FloorS), ratio, detail)
+	}
+	for _, r := range recs {
+		if len(r.RunckitPhasesMs) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "\n%s, ms per lifecycle (median over rounds):\n\n", r.Name)
+		fmt.Fprintf(&b, "- runckit: %s\n- floor: %s\n", fmtPhases(r.RunckitPhasesMs), fmtPhases(r.FloorPhasesMs))
+	}
+	b.WriteString("\n")
+	s = s[:i] + b.String() + s[j:]
+	return os.WriteFile(path, []byte(s), 0o644)
 }
 
 // writeSVG draws median exec-burst wall time against N for runckit and the
