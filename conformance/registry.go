@@ -83,12 +83,12 @@ func (s *statusRecorder) WriteHeader(c int) { s.code = c; s.ResponseWriter.Write
 func (ro *readOnly) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ro.count.Add(1)
 	sr := &statusRecorder{ResponseWriter: w, code: 200}
-	defer func() { ro.log.Printf("%s %s %s -> %d", r.Method, r.Host, r.URL.Path, sr.code) }()
+	method, host, asked := r.Method, r.Host, r.URL.Path
+	defer func() { ro.log.Printf("%s %s %s -> %d", method, host, asked, sr.code) }()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		http.Error(sr, "read-only registry", http.StatusMethodNotAllowed)
 		return
 	}
-	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}

@@ -94,7 +94,9 @@ func (t *tally) add(e event) *testRecord {
 	case "pass", "fail", "skip":
 		finished = r.Result == Hung
 		r.Result = strings.ToUpper(e.Action)
-		r.Seconds = e.Elapsed
+		if e.Elapsed > 0 {
+			r.Seconds = e.Elapsed
+		}
 		r.running = false
 	}
 	if finished && !strings.Contains(e.Test, "/") {
@@ -219,7 +221,21 @@ func (t *tally) writeTSV(file string) error {
 		if strings.Contains(n, "/") {
 			level = "sub"
 		}
-		fmt.Fprintf(&b, "%s\t%s\t%.2f\t%s\t%d\t%s\n", n, r.Result, r.Seconds, level, r.Round, strings.ReplaceAll(r.note(), "\t", " "))
+		note := r.note()
+		if r.Result == Fail && level == "top" {
+			// A parent's own output rarely says why: name the failed subtests.
+			var subs []string
+			for _, s := range t.order {
+				if rest, ok := strings.CutPrefix(s, n+"/"); ok && !strings.Contains(rest, "/") && (t.tests[s].Result == Fail || t.tests[s].Result == Hung) {
+					subs = append(subs, rest)
+				}
+			}
+			if len(subs) > 0 {
+				note = strings.TrimSpace("failed subtests: " + strings.Join(subs, ", ") + "; " + note)
+				note = strings.TrimSuffix(note, ";")
+			}
+		}
+		fmt.Fprintf(&b, "%s\t%s\t%.2f\t%s\t%d\t%s\n", n, r.Result, r.Seconds, level, r.Round, strings.ReplaceAll(note, "\t", " "))
 	}
 	return os.WriteFile(file, []byte(b.String()), 0o644)
 }
