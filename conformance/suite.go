@@ -39,7 +39,7 @@ func listTests(t *tools, run string) ([]string, error) {
 	}
 	var names []string
 	for _, l := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(l, "Test") {
+		if strings.HasPrefix(l, "Test") || strings.HasPrefix(l, "Fuzz") || strings.HasPrefix(l, "Example") {
 			names = append(names, strings.TrimSpace(l))
 		}
 	}
