@@ -43,6 +43,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -185,10 +186,14 @@ func resolveShim(c *config, t *tools) (shimPath, shimDir string, err error) {
 	return "", "", fmt.Errorf("no %s for runtime %s in %s or on PATH (set SHIM)", want, c.runtime, t.bin)
 }
 
-// cleanups run once, on return or on a signal.
+// cleanups run once, on return or on a signal. cleaningUp is held while
+// they run, so main can not exit halfway through the signal handler's
+// cleanup (leaving /etc/hosts edited); interrupted says which signal came.
 var (
-	cleanupMu sync.Mutex
-	cleanups  []func()
+	cleanupMu   sync.Mutex
+	cleanups    []func()
+	cleaningUp  sync.Mutex
+	interrupted atomic.Int32
 )
 
 func atCleanup(f func()) {
@@ -198,6 +203,8 @@ func atCleanup(f func()) {
 }
 
 func runCleanups() {
+	cleaningUp.Lock()
+	defer cleaningUp.Unlock()
 	cleanupMu.Lock()
 	fs := cleanups
 	cleanups = nil
@@ -221,11 +228,15 @@ func main() {
 	go func() {
 		s := <-sigs
 		say("%v: cleaning up", s)
+		interrupted.Store(int32(s.(syscall.Signal)))
 		runCleanups()
 		os.Exit(128 + int(s.(syscall.Signal)))
 	}()
 	code := run()
 	runCleanups()
+	if s := interrupted.Load(); s != 0 {
+		os.Exit(128 + int(s))
+	}
 	os.Exit(code)
 }
 
@@ -371,6 +382,9 @@ func run() int {
 		t0 := time.Now()
 		rr := runRound(c, t, tl, cg, args, testEnv, logFile, c.quiet)
 		tl.endRound()
+		if interrupted.Load() != 0 {
+			return 2
+		}
 		if rr.err != nil {
 			say("round %d: %v", round, rr.err)
 			return 2
