@@ -3,16 +3,18 @@
 #   make test   runs the test suite (race detector on)
 #   make test-cgroup2  runs the cgroup v2 lane: Linux 6.1, pure cgroup v2,
 #               runc and crun, in a QEMU guest (.ci/cgroup2/run)
+#   make conformance   runs containerd's integration/client suite against
+#               a shim (default: shim/'s runckit shim), offline (conformance/)
 GO ?= go
 TESTFLAGS ?= -race -count=1 -timeout 30m
 # Modules of their own, so that runckit does not depend on what they use
 # (go-containerregistry); `go test ./...` at the root does not enter them.
-NESTED := image examples/harness
+NESTED := image examples/harness conformance
 # The containerd shim (shim/) is a module of its own too, with containerd's
 # dependencies; `make test` builds and vets it, its tests need containerd.
-SHIM := shim
+SHIM_DIR := shim
 
-.PHONY: deps demo test test-cgroup2 vet bench-quick
+.PHONY: deps demo test test-cgroup2 vet bench-quick conformance
 
 # Installs runc and busybox-static (and criu, for the checkpoint tests)
 # when they are missing.
@@ -28,7 +30,7 @@ demo: deps
 vet:
 	$(GO) vet ./...
 	@for m in $(NESTED); do (cd $$m && $(GO) vet ./...) || exit 1; done
-	cd $(SHIM) && $(GO) build ./... && $(GO) vet ./...
+	cd $(SHIM_DIR) && $(GO) build ./... && $(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 # The bench's -quick smoke run keeps the benchmark program from rotting;
@@ -46,3 +48,20 @@ test-cgroup2: deps
 
 bench-quick: deps
 	$(GO) run ./bench -quick
+
+# containerd's own integration/client suite, offline, against any shim and
+# any containerd version (conformance/main.go lists every setting):
+#   make conformance                                  the runckit shim from shim/
+#   make conformance TEST_RUNTIME=io.containerd.runc.v2   containerd's runc shim
+#   make conformance SHIM=/path/containerd-shim-foo-v1    any other shim
+#   CTRD_VERSION=v2.4.2 (default), EXPECT_FILE=..., TEST_RUN=regexp
+# Prints CONFORMANCE: pass=N fail=N skip=N; results in $(CONFORMANCE_DIR).
+CONFORMANCE_DIR ?= /tmp/runckit-conformance
+export CONFORMANCE_DIR
+conformance: deps
+	cd conformance && $(GO) build -o $(CONFORMANCE_DIR)/bin/conformance .
+	@if [ -z "$(SHIM)$(TEST_RUNTIME)" ]; then \
+		echo "building containerd-shim-runckit-v1 from shim/"; \
+		cd $(SHIM_DIR) && $(GO) build -o $(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1 ./cmd/containerd-shim-runckit-v1; \
+	fi
+	SHIM="$(if $(SHIM)$(TEST_RUNTIME),$(SHIM),$(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1)" $(CONFORMANCE_DIR)/bin/conformance
