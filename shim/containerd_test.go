@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	eventtypes "github.com/containerd/containerd/api/events"
 	cgroupsv1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	cgroupsv2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	eventtypes "github.com/containerd/containerd/api/events"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"

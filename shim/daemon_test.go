@@ -421,7 +421,7 @@ func busyboxArchive(ref string, entrypoint []string) ([]byte, error) {
 			"size":      manifestSize,
 			"platform":  map[string]string{"architecture": "amd64", "os": "linux"},
 			"annotations": map[string]string{
-				"io.containerd.image.name":         ref,
+				"io.containerd.image.name":          ref,
 				"org.opencontainers.image.ref.name": tag,
 			},
 		}},
