@@ -73,7 +73,10 @@ func (c crictl) try(args ...string) (string, error) {
 // logs, stop and remove work, and nothing of the pod's is left running.
 func TestCRIPodWithRunckit(t *testing.T) {
 	requireRoot(t)
-	bin := findBinary(t, "crictl", "sigs.k8s.io/cri-tools/cmd/crictl@"+criVersion)
+	bin, err := findOrInstall(t, "crictl", "sigs.k8s.io/cri-tools/cmd/crictl@"+criVersion)
+	if err != nil {
+		t.Skipf("crictl %s is not installed and could not be built: %v", criVersion, err)
+	}
 	d := startContainerd(t, criNamespace, true, criConfig)
 	ctx := d.testCtx(3 * time.Minute)
 	d.importImage(ctx, pauseImage, "/bin/sleep", "2147483647")

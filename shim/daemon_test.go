@@ -85,23 +85,31 @@ func buildShim(t *testing.T) string {
 // and installs pkg@version with go install when it is in none of them.
 func findBinary(t *testing.T, name, pkg string, env ...string) string {
 	t.Helper()
+	p, err := findOrInstall(t, name, pkg, env...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func findOrInstall(t *testing.T, name, pkg string, env ...string) (string, error) {
 	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
 	gobin := filepath.Join(strings.TrimSpace(string(gopath)), "bin")
 	for _, p := range []string{filepath.Join("/root/go/bin", name), filepath.Join(gobin, name)} {
 		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
+			return p, nil
 		}
 	}
 	if p, err := exec.LookPath(name); err == nil {
-		return p
+		return p, nil
 	}
 	t.Logf("%s not found: go install %s", name, pkg)
 	cmd := exec.Command("go", "install", pkg)
 	cmd.Env = append(os.Environ(), env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go install %s: %v\n%s", pkg, err, out)
+		return "", fmt.Errorf("go install %s: %v\n%s", pkg, err, out)
 	}
-	return filepath.Join(gobin, name)
+	return filepath.Join(gobin, name), nil
 }
 
 // daemon is a containerd started by a test.
