@@ -280,6 +280,13 @@ func (d *daemon) cleanup() {
 		}
 	}
 	d.stop()
+	// runc's state dir of the test's own namespace (never a shared one);
+	// Remove fails, as it should, if anything is left in it.
+	if d.ns != "k8s.io" {
+		if err := os.Remove(filepath.Join("/run/containerd/runc", d.ns)); err != nil && !os.IsNotExist(err) {
+			d.t.Errorf("runc state left behind: %v", err)
+		}
+	}
 }
 
 func (d *daemon) dumpLog() {
