@@ -1,6 +1,8 @@
 # Everything a new user needs on a fresh Debian machine, as root:
 #   make demo   runs examples/quickstart
 #   make test   runs the test suite (race detector on)
+#   make test-shim  runs the containerd shim's tests (shim/) against a
+#               containerd v2.4.2 and crictl they start themselves
 #   make test-cgroup2  runs the cgroup v2 lane: Linux 6.1, pure cgroup v2,
 #               runc and crun, in a QEMU guest (.ci/cgroup2/run)
 #   make conformance   runs containerd's integration/client suite against
@@ -11,10 +13,14 @@ TESTFLAGS ?= -race -count=1 -timeout 30m
 # (go-containerregistry); `go test ./...` at the root does not enter them.
 NESTED := image examples/harness conformance
 # The containerd shim (shim/) is a module of its own too, with containerd's
-# dependencies; `make test` builds and vets it, its tests need containerd.
+# dependencies; `make test` builds, vets and tests it (test-shim), its tests
+# start a containerd and run crictl, installed by shim-deps when missing.
 SHIM_DIR := shim
+CONTAINERD_VERSION ?= v2.4.2
+CRICTL_VERSION ?= v1.37.0
+GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 
-.PHONY: deps demo test test-cgroup2 vet bench-quick conformance
+.PHONY: deps shim-deps demo test test-shim test-cgroup2 vet bench-quick conformance
 
 # Installs runc and busybox-static (and criu, for the checkpoint tests)
 # when they are missing.
@@ -22,6 +28,18 @@ deps:
 	@if ! command -v runc >/dev/null 2>&1 || [ ! -x /bin/busybox ] || ! command -v criu >/dev/null 2>&1; then \
 		echo "installing runc, busybox-static and criu"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc busybox-static criu >/dev/null; \
+	fi
+
+# containerd (the daemon the shim tests start; btrfs left out, it needs
+# cgo headers) and crictl (the CRI test), with go install when missing.
+shim-deps: deps
+	@if ! command -v containerd >/dev/null 2>&1 && [ ! -x "$(GOBIN_DIR)/containerd" ]; then \
+		echo "installing containerd $(CONTAINERD_VERSION)"; \
+		GOFLAGS=-tags=no_btrfs $(GO) install github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION); \
+	fi
+	@if ! command -v crictl >/dev/null 2>&1 && [ ! -x "$(GOBIN_DIR)/crictl" ]; then \
+		echo "installing crictl $(CRICTL_VERSION)"; \
+		$(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION); \
 	fi
 
 demo: deps
@@ -38,7 +56,17 @@ vet:
 test: deps vet
 	$(GO) test $(TESTFLAGS) ./...
 	@for m in $(NESTED); do echo "== $$m"; (cd $$m && $(GO) test $(TESTFLAGS) ./...) || exit 1; done
+	$(MAKE) test-shim
 	$(GO) run ./bench -quick
+
+# The shim's tests: each starts a containerd of its own (temp dir config,
+# root, state and socket) with the shim it builds on containerd's PATH.
+# No -race: the code under test is the shim binary the tests build and
+# containerd runs, not the test process, and a race build of containerd's
+# client costs minutes.
+SHIM_TESTFLAGS ?= -count=1 -timeout 15m
+test-shim: shim-deps
+	cd $(SHIM_DIR) && $(GO) test $(SHIM_TESTFLAGS) ./...
 
 # Installs qemu-system-x86, linux-image-amd64 and crun if missing, adds
 # the 9p modules to that kernel's initramfs (once), builds the test binary

@@ -231,6 +231,11 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err != nil && !errors.Is(err, runckit.ErrDrainTimeout) {
 		return killed, nil
 	}
+	if st.Unknown {
+		// init was not our child (its shim died), so runckit saw it end
+		// without a status; the forced delete SIGKILLed it.
+		return shim.StopStatus{Pid: init.Pid(), ExitStatus: killed.ExitStatus, ExitedAt: st.ExitedAt}, nil
+	}
 	return shim.StopStatus{Pid: init.Pid(), ExitStatus: st.Code, ExitedAt: st.ExitedAt}, nil
 }
 

@@ -67,7 +67,7 @@ var empty = &ptypes.Empty{}
 // service is the task API over runckit, for every container of the shim.
 type service struct {
 	ctx       context.Context
-	publisher shim.Publisher
+	publisher *orderedPublisher
 	sd        shutdown.Service
 	watcher   runckit.ExitWatcher
 
@@ -95,8 +95,9 @@ func newService(ctx context.Context, pub shim.Publisher, sd shutdown.Service) (t
 	if err != nil {
 		return nil, err
 	}
-	s := &service{ctx: ctx, publisher: pub, sd: sd, watcher: w, tasks: map[string]*shimTask{}}
-	sd.RegisterCallback(func(context.Context) error { return pub.Close() })
+	q := newOrderedPublisher(pub)
+	s := &service{ctx: ctx, publisher: q, sd: sd, watcher: w, tasks: map[string]*shimTask{}}
+	sd.RegisterCallback(q.Close)
 	if address, err := shim.ReadAddress("address"); err == nil {
 		sd.RegisterCallback(func(context.Context) error { return shim.RemoveSocket(address) })
 	}
@@ -627,7 +628,8 @@ type sink struct {
 }
 
 // Send is called by runckit from one goroutine per container, in order;
-// Publish forwards synchronously, so the order reaches containerd.
+// Publish queues in that order and one goroutine forwards the queue, so the
+// order reaches containerd.
 func (k *sink) Send(e runckit.Event) {
 	var ev any
 	switch e.Kind {
