@@ -19,7 +19,8 @@ const (
 )
 
 // criConfig is containerd's CRI configuration for the test: a runtime
-// handler runckit of type io.containerd.runckit.v1, the sandbox image
+// handler runckit of type io.containerd.runckit.v1 with an options table,
+// the sandbox image
 // imported offline, no OOM score below containerd's own (the machine lacks
 // CAP_SYS_RESOURCE), streaming on loopback.
 const criConfig = `
@@ -29,6 +30,10 @@ const criConfig = `
     default_runtime_name = "runckit"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runckit]
       runtime_type = "io.containerd.runckit.v1"
+      # Sent as CRI's generic runtimeoptions.Options (a TOML body).
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runckit.options]
+        BinaryName = "runc"
+        SystemdCgroup = false
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"

@@ -1,6 +1,7 @@
 package runckitshim
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -30,6 +32,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/pelletier/go-toml/v2"
 
 	"github.com/runckit/runckit"
 )
@@ -168,8 +171,9 @@ func writeShimInfo(bundle string, i shimInfo) error {
 	return os.WriteFile(filepath.Join(bundle, shimInfoFile), data, 0o600)
 }
 
-// runcOptions decodes the runc options type containerd sends; anything
-// else is refused.
+// runcOptions decodes the runtime options containerd sends: runc's options
+// type, or CRI's generic one holding the same fields as TOML; anything else
+// is refused.
 func runcOptions(a typeurl.Any) (*options.Options, error) {
 	if a == nil || a.GetTypeUrl() == "" {
 		return &options.Options{}, nil
@@ -178,9 +182,34 @@ func runcOptions(a typeurl.Any) (*options.Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("runtime options %q: %v: %w", a.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 	}
-	o, ok := v.(*options.Options)
-	if !ok {
-		return nil, fmt.Errorf("runtime options of type %T: want %T: %w", v, o, errdefs.ErrInvalidArgument)
+	switch o := v.(type) {
+	case *options.Options:
+		return o, nil
+	case *runtimeoptions.Options:
+		return genericRuncOptions(o)
+	}
+	return nil, fmt.Errorf("runtime options of type %T: want %T: %w", v, &options.Options{}, errdefs.ErrInvalidArgument)
+}
+
+// genericRuncOptions reads the runc options from the generic type CRI sends
+// to every runtime type but runc's own: the runtime's TOML options table,
+// in the message or in the file it names. Keys are runc.v1.Options field
+// names (BinaryName, Root, SystemdCgroup, ...), as for containerd's runc
+// shim; an unknown key is refused rather than silently ignored.
+func genericRuncOptions(g *runtimeoptions.Options) (*options.Options, error) {
+	body := g.ConfigBody
+	if g.ConfigPath != "" {
+		b, err := os.ReadFile(g.ConfigPath)
+		if err != nil {
+			return nil, fmt.Errorf("runtime options file: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		body = b
+	}
+	o := &options.Options{}
+	d := toml.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	if err := d.Decode(o); err != nil {
+		return nil, fmt.Errorf("runtime options (TOML): %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return o, nil
 }
