@@ -328,6 +328,7 @@ func run() int {
 		atCleanup(func() { sweep(cg, c.tmp); _ = os.Remove(cg) })
 	}
 	sweep(cg, c.tmp) // what a killed earlier run may have left
+	clearTaskState()
 	_ = os.RemoveAll(c.tmp)
 	if err := os.MkdirAll(c.tmp, 0o755); err != nil {
 		say("%v", err)

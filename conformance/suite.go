@@ -151,6 +151,20 @@ func sweep(cg, tmp string) {
 	}
 }
 
+// clearTaskState removes the task bundles a killed earlier run left in the
+// suite's fixed dirs (sweep has unmounted their rootfs): containerd would
+// take them up as dead shims when the suite starts it, and a stale bundle
+// made by another shim can fail the suite's TestMain before any test runs.
+func clearTaskState() {
+	for _, dir := range []string{suiteState, suiteRoot} {
+		d := filepath.Join(dir, "io.containerd.runtime.v2.task")
+		if ents, _ := os.ReadDir(d); len(ents) > 0 {
+			say("removing task state a killed earlier run left in %s", d)
+		}
+		_ = os.RemoveAll(d)
+	}
+}
+
 // roundResult says how a round's test binary ended.
 type roundResult struct {
 	exitCode int
