@@ -11,6 +11,10 @@ NESTED := image examples/harness
 # The containerd shim (shim/) is a module of its own too, with containerd's
 # dependencies; `make test` builds and vets it, its tests need containerd.
 SHIM := shim
+# The harness bench (runckittest against testcontainers-go and a Docker
+# daemon) is a module of its own too; CI only vets it, since its one test
+# needs dockerd (bench/harness/run.sh runs it).
+HARNESS_BENCH := bench/harness
 
 .PHONY: deps demo test test-cgroup2 vet bench-quick
 
@@ -29,6 +33,7 @@ vet:
 	$(GO) vet ./...
 	@for m in $(NESTED); do (cd $$m && $(GO) vet ./...) || exit 1; done
 	cd $(SHIM) && $(GO) build ./... && $(GO) vet ./...
+	cd $(HARNESS_BENCH) && $(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 # The bench's -quick smoke run keeps the benchmark program from rotting;
