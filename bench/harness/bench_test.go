@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,9 +25,10 @@ import (
 )
 
 var (
-	rounds   = flag.Int("rounds", 20, "rounds; every round runs each measurement once")
-	parallel = flag.Int("par", 8, "tests at once in the parallel rows")
-	outPath  = flag.String("out", "results.json", "where the results go")
+	rounds    = flag.Int("rounds", 20, "rounds; every round runs each measurement once")
+	parallel  = flag.Int("par", 8, "tests at once in the parallel rows")
+	outPath   = flag.String("out", "results.json", "where the results go")
+	onlyFloor = flag.Bool("floor-only", false, "only the cached start against the runc floor: no daemon needed")
 )
 
 // pollInterval is both tools' port poll: testcontainers' default is 100ms,
@@ -71,7 +71,7 @@ func (b *bench) add(key string, d time.Duration) {
 // the order alternated; then the raw runc create+start floor against
 // runckittest's start of a cached image. Results go to -out.
 func TestHarnessBench(t *testing.T) {
-	if os.Getenv("DOCKER_HOST") == "" {
+	if os.Getenv("DOCKER_HOST") == "" && !*onlyFloor {
 		t.Skip("needs a docker daemon in DOCKER_HOST (and root, runc, busybox-static): run ./run.sh")
 	}
 	if err := runckittest.Check(); err != nil {
@@ -100,31 +100,36 @@ func TestHarnessBench(t *testing.T) {
 	}
 	coldUnpack := time.Since(t0)
 
-	provider, err := testcontainers.NewDockerProvider()
-	if err != nil {
-		t.Fatal(err)
+	var dockerVersion, dockerAPI string
+	var dockerLoad time.Duration
+	if !*onlyFloor {
+		provider, err := testcontainers.NewDockerProvider()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer provider.Close()
+		info, err := provider.Client().ServerVersion(ctx, struct{}{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dockerVersion, dockerAPI = info.Version, info.APIVersion
+		t.Logf("docker %s, API %s", info.Version, info.APIVersion)
+		f, err := os.Open(tarPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 = time.Now()
+		res, err := provider.Client().ImageLoad(ctx, f)
+		if err == nil {
+			_, err = io.Copy(io.Discard, res)
+			res.Close()
+		}
+		f.Close()
+		if err != nil {
+			t.Fatalf("docker load: %v", err)
+		}
+		dockerLoad = time.Since(t0)
 	}
-	defer provider.Close()
-	info, err := provider.Client().ServerVersion(ctx, struct{}{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("docker %s, API %s", info.Version, info.APIVersion)
-	f, err := os.Open(tarPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t0 = time.Now()
-	res, err := provider.Client().ImageLoad(ctx, f)
-	if err == nil {
-		_, err = io.Copy(io.Discard, res)
-		res.Close()
-	}
-	f.Close()
-	if err != nil {
-		t.Fatalf("docker load: %v", err)
-	}
-	dockerLoad := time.Since(t0)
 
 	floorRoot, err := os.MkdirTemp("/run", "runckit-harness-floor-")
 	if err != nil {
@@ -138,8 +143,10 @@ func TestHarnessBench(t *testing.T) {
 	// first container, page cache) lands in round 1.
 	b.record = false
 	t.Run("warmup", func(t *testing.T) {
-		b.runckittest(t, "warm")
-		b.testcontainers(t, "warm")
+		if !*onlyFloor {
+			b.runckittest(t, "warm")
+			b.testcontainers(t, "warm")
+		}
 		b.floor(t)
 		b.cachedStart(t)
 	})
@@ -151,6 +158,9 @@ func TestHarnessBench(t *testing.T) {
 		kinds := []string{"rk", "tc"}
 		if r%2 == 1 {
 			kinds = []string{"tc", "rk"}
+		}
+		if *onlyFloor {
+			kinds = nil
 		}
 		for _, k := range kinds {
 			t.Run(fmt.Sprintf("r%d/%s/seq", r, k), func(t *testing.T) { b.one(t, k, "seq") })
@@ -181,7 +191,7 @@ func TestHarnessBench(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	b.report(t, coldUnpack, dockerLoad, loads, info.Version, info.APIVersion)
+	b.report(t, coldUnpack, dockerLoad, loads, dockerVersion, dockerAPI)
 }
 
 // one runs the scenario once as test t, with runckittest (k "rk") or
@@ -390,11 +400,13 @@ func (b *bench) report(t *testing.T, coldUnpack, dockerLoad time.Duration, loads
 			Other: o.Seconds(), OtherName: otherName, Ratio: o.Seconds() / r.Seconds(), RatioMeans: means})
 	}
 	const faster = "other / runckittest: how many times faster runckittest is"
-	vs("time to ready, sequential", "rk/seq/ready", "tc/seq/ready", "testcontainers-go", faster)
-	vs("per-test wall, sequential", "rk/seq/wall", "tc/seq/wall", "testcontainers-go", faster)
-	vs(fmt.Sprintf("time to ready, %d in parallel", *parallel), "rk/par/ready", "tc/par/ready", "testcontainers-go", faster)
-	vs(fmt.Sprintf("per-test wall, %d in parallel", *parallel), "rk/par/wall", "tc/par/wall", "testcontainers-go", faster)
-	vs(fmt.Sprintf("batch of %d in parallel, wall", *parallel), "rk/par/batch", "tc/par/batch", "testcontainers-go", faster)
+	if !*onlyFloor {
+		vs("time to ready, sequential", "rk/seq/ready", "tc/seq/ready", "testcontainers-go", faster)
+		vs("per-test wall, sequential", "rk/seq/wall", "tc/seq/wall", "testcontainers-go", faster)
+		vs(fmt.Sprintf("time to ready, %d in parallel", *parallel), "rk/par/ready", "tc/par/ready", "testcontainers-go", faster)
+		vs(fmt.Sprintf("per-test wall, %d in parallel", *parallel), "rk/par/wall", "tc/par/wall", "testcontainers-go", faster)
+		vs(fmt.Sprintf("batch of %d in parallel, wall", *parallel), "rk/par/batch", "tc/par/batch", "testcontainers-go", faster)
+	}
 	r, f := median(b.samples["cached-start"]), median(b.samples["floor"])
 	res.Rows = append(res.Rows, Row{Name: "start of a cached image (no wait)", Samples: len(b.samples["cached-start"]),
 		Runckit: r.Seconds(), Other: f.Seconds(), OtherName: "raw runc create+start",
@@ -416,12 +428,13 @@ func (b *bench) report(t *testing.T, coldUnpack, dockerLoad time.Duration, loads
 	}
 }
 
+// depVersion is the version of module path that go.mod requires: a test
+// binary's build info lists no dependencies.
 func depVersion(path string) string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == path {
-				return d.Version
-			}
+	data, _ := os.ReadFile("go.mod")
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == path {
+			return f[1]
 		}
 	}
 	return "?"
