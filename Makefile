@@ -19,6 +19,10 @@ SHIM_DIR := shim
 CONTAINERD_VERSION ?= v2.4.2
 CRICTL_VERSION ?= v1.37.0
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
+# The harness bench (runckittest against testcontainers-go and a Docker
+# daemon) is a module of its own too; CI only vets it, since its one test
+# needs dockerd (bench/harness/run.sh runs it).
+HARNESS_BENCH := bench/harness
 
 .PHONY: deps shim-deps demo test test-shim test-cgroup2 vet bench-quick conformance
 
@@ -49,6 +53,7 @@ vet:
 	$(GO) vet ./...
 	@for m in $(NESTED); do (cd $$m && $(GO) vet ./...) || exit 1; done
 	cd $(SHIM_DIR) && $(GO) build ./... && $(GO) vet ./...
+	cd $(HARNESS_BENCH) && $(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 # The bench's -quick smoke run keeps the benchmark program from rotting;

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -454,12 +455,16 @@ func kindOf(err error, remote bool) error {
 		}
 		return fmt.Errorf("%w: %w", err, errdefs.ErrDataLoss)
 	}
-	var ne net.Error
+	// Only errors of the network count as the registry's: a bare errno
+	// satisfies net.Error too, and the store's own failures (a full disk,
+	// a broken directory) are not the registry's being unavailable.
+	var oe *net.OpError
+	var ue *url.Error
 	switch {
 	case strings.Contains(err.Error(), "error verifying"):
 		return fmt.Errorf("%w: %w", err, errdefs.ErrDataLoss)
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED),
-		errors.As(err, &ne):
+		errors.As(err, &oe), errors.As(err, &ue):
 		return fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
