@@ -40,6 +40,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,10 @@ Environment:
   STALL_TIMEOUT  seconds without test output before the binary is sent SIGQUIT
                  as hung (300)
   MAX_ROUNDS     rounds after hangs or crashes, each running what did not run (4)
+  RETRY_FAILED   with EXPECT_FILE: rerun the unexpected failures once, alone;
+                 one that passes then is reported as CONFORMANCE-FLAKY and
+                 does not fail the run (1; 0 turns it off). The counts in
+                 the CONFORMANCE line are always the first run's.
   CRIU           1: let the checkpoint tests use criu; 0: pass -no-criu (0)
   BUSYBOX        static busybox the images are built from (/bin/busybox)
   CONFORMANCE_DIR  work dir: binaries, logs, results (/tmp/runckit-conformance)
@@ -84,6 +89,7 @@ type config struct {
 	timeout                string
 	stall                  time.Duration
 	maxRounds              int
+	retryFailed            bool
 	criu                   bool
 	busybox, work, lock    string
 	quiet                  bool
@@ -118,6 +124,7 @@ func loadConfig() (*config, error) {
 	if c.maxRounds, err = strconv.Atoi(env("MAX_ROUNDS", "4")); err != nil || c.maxRounds < 1 {
 		return nil, fmt.Errorf("MAX_ROUNDS=%q: want a positive number", os.Getenv("MAX_ROUNDS"))
 	}
+	c.retryFailed = env("RETRY_FAILED", "1") != "0"
 	if c.work, err = filepath.Abs(c.work); err != nil {
 		return nil, err
 	}
@@ -445,12 +452,69 @@ func run() int {
 	if len(stale) > 0 {
 		fmt.Printf("CONFORMANCE-NOW-PASSING: %s (listed in EXPECT_FILE but passed: remove them)\n", strings.Join(stale, " "))
 	}
+	if len(unexpected) > 0 && c.retryFailed {
+		var failed []string
+		for _, u := range unexpected {
+			if name, res, _ := strings.Cut(u, " ("); res == Fail+")" {
+				failed = append(failed, name)
+			}
+		}
+		if len(failed) > 0 {
+			flaky, err := rerun(c, t, cg, base, testEnv, filepath.Join(out, "retry.log"), failed)
+			if err != nil {
+				say("rerun of %s: %v", strings.Join(failed, " "), err)
+				return 2
+			}
+			if len(flaky) > 0 {
+				fmt.Printf("CONFORMANCE-FLAKY: %s (failed, then passed when rerun alone; log %s)\n",
+					strings.Join(flaky, " "), filepath.Join(out, "retry.log"))
+				isFlaky := map[string]bool{}
+				for _, n := range flaky {
+					isFlaky[n+" ("+Fail+")"] = true
+				}
+				var still []string
+				for _, u := range unexpected {
+					if !isFlaky[u] {
+						still = append(still, u)
+					}
+				}
+				unexpected = still
+			}
+		}
+	}
 	if len(unexpected) > 0 {
 		fmt.Printf("CONFORMANCE-UNEXPECTED: %s (not in %s)\n", strings.Join(unexpected, " "), strings.Join(c.expectFiles, " "))
 		return 1
 	}
 	fmt.Printf("CONFORMANCE-EXPECTED: every failure and skip is listed in %s\n", strings.Join(c.expectFiles, " "))
 	return 0
+}
+
+// rerun runs the named top-level tests once more, alone, and returns those
+// that pass: a failure that does not repeat is told apart from one that
+// does, without hiding it (the caller prints it).
+func rerun(c *config, t *tools, cg string, base, env []string, logFile string, names []string) ([]string, error) {
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	args := append(append([]string(nil), base...), "-test.run", "^("+strings.Join(quoted, "|")+")$")
+	say("rerunning %s alone; log %s", strings.Join(names, " "), logFile)
+	rt := newTally()
+	rt.round = 1
+	rr := runRound(c, t, rt, cg, args, env, logFile, c.quiet)
+	rt.endRound()
+	if rr.err != nil {
+		return nil, rr.err
+	}
+	var passed []string
+	for _, r := range rt.topLevel() {
+		if r.Result == Pass {
+			passed = append(passed, r.Name)
+		}
+	}
+	sort.Strings(passed)
+	return passed, nil
 }
 
 func uniq(ss []string) []string {

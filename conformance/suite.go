@@ -158,8 +158,8 @@ func sweep(cg, tmp string) {
 func clearTaskState() {
 	for _, dir := range []string{suiteState, suiteRoot} {
 		d := filepath.Join(dir, "io.containerd.runtime.v2.task")
-		if ents, _ := os.ReadDir(d); len(ents) > 0 {
-			say("removing task state a killed earlier run left in %s", d)
+		if bundles, _ := filepath.Glob(filepath.Join(d, "*", "*")); len(bundles) > 0 {
+			say("removing %d task bundles a killed earlier run left in %s", len(bundles), d)
 		}
 		_ = os.RemoveAll(d)
 	}
