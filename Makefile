@@ -12,7 +12,7 @@ NESTED := image examples/harness
 # dependencies; `make test` builds and vets it, its tests need containerd.
 SHIM := shim
 
-.PHONY: deps demo test test-cgroup2 vet bench-quick
+.PHONY: deps demo test test-cgroup2 vet bench-quick bench-shim
 
 # Installs runc and busybox-static (and criu, for the checkpoint tests)
 # when they are missing.
@@ -46,3 +46,12 @@ test-cgroup2: deps
 
 bench-quick: deps
 	$(GO) run ./bench -quick
+
+# The containerd shim bench (shim/bench): the stock runc shim and the runckit
+# shim through containerd's Go client, with the raw runc floor, interleaved;
+# writes shim/bench/results.json. Needs containerd v2.4.2 and its stock
+# shim in /root/go/bin (CONTAINERD=... to point elsewhere). Takes minutes;
+# BENCH_SHIM_FLAGS=-quick for a smoke run.
+CONTAINERD ?= /root/go/bin/containerd
+bench-shim: deps
+	cd $(SHIM) && $(GO) run ./bench -containerd $(CONTAINERD) $(BENCH_SHIM_FLAGS)

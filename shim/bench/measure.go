@@ -125,7 +125,77 @@ func measure(ctx context.Context, cfg config, d *daemon, stock, rk *shimSide, fl
 	rssKeys := []bool{false, true}
 	rssRes := map[bool]map[string][]rssResult{false: {}, true: {}}
 
+	// summarize turns the rounds done so far into records; it runs after
+	// every round so that an interrupted run still leaves its results.
+	summarize := func(done int) {
+		res.Records = nil
+		cfg := cfg
+		cfg.rounds = done
+		res.Meta.Rounds = done
+		res.Meta.LoadEnd = loadavg()
+		res.Meta.ElapsedS = time.Since(t0).Seconds()
+
+		if doBurst {
+			for _, n := range cfg.burstNs {
+				rec := timeRecord("exec-burst", n, 0, cfg.rounds, samples[fmt.Sprintf("exec-burst/%d", n)])
+				rec.Target = "runckit_vs_stock <= 1 (no slower than the stock shim)"
+				rec.Met = rec.RunckitVsStock <= 1
+				rec.Note = fmt.Sprintf("%d concurrent execs of `true` in one running task: Exec, Wait, Start each, wall time until all exited (exec Delete untimed); floor: %d concurrent foreground `runc exec` in a go-runc container", n, n)
+				res.Records = append(res.Records, rec)
+			}
+		}
+		if doSeq {
+			rec := timeRecord("lifecycle-seq", cfg.lcSeq, 1, cfg.rounds, samples["lifecycle-seq"])
+			rec.Target = "runckit_vs_stock <= 0.8"
+			rec.Met = rec.RunckitVsStock <= 0.8
+			rec.Note = "containers of `true` one after another: NewContainer (snapshot, spec) + NewTask + Wait + Start + exit + task Delete + container Delete; floor: write config.json + runc create/start/wait4/delete"
+			res.Records = append(res.Records, rec)
+		}
+		if doPar {
+			rec := timeRecord("lifecycle-par", cfg.lcPar, cfg.lcParWidth, cfg.rounds, samples["lifecycle-par"])
+			rec.Target = "runckit_vs_stock <= 0.8"
+			rec.Met = rec.RunckitVsStock <= 0.8
+			rec.Note = fmt.Sprintf("as lifecycle-seq, %d at a time", cfg.lcParWidth)
+			res.Records = append(res.Records, rec)
+		}
+		if doRSS {
+			for _, group := range rssKeys {
+				rec := record{Name: "rss", N: cfg.rssN, Rounds: cfg.rounds, Sample: map[string][]float64{}}
+				if group {
+					rec.Mode = "grouped"
+					rec.Note = fmt.Sprintf("%d running `sleep` containers with the annotation io.containerd.runc.v2.group (both shims honour it): one shim process per runtime; sum of the shims' RSS (and PSS) / containers, 3 s after the last start", cfg.rssN)
+				} else {
+					rec.Mode = "per-container"
+					rec.Note = fmt.Sprintf("%d running `sleep` containers as containerd's client makes them by default (no group label): one shim process per container for both runtimes; sum of the shims' RSS (and PSS) / containers, 3 s after the last start", cfg.rssN)
+				}
+				for _, name := range []string{"stock", "runckit"} {
+					rs := rssRes[group][name]
+					m := medianRSS(rs)
+					for _, x := range rs {
+						rec.Sample[name] = append(rec.Sample[name], x.RSSKiB)
+					}
+					if name == "stock" {
+						rec.Stock = &m
+					} else {
+						rec.Runckit = &m
+					}
+				}
+				rec.Target = "runckit RSS per container < stock's"
+				rec.Met = rec.Runckit.RSSKiB < rec.Stock.RSSKiB
+				if rec.Stock.RSSKiB > 0 {
+					rec.RunckitVsStock = rec.Runckit.RSSKiB / rec.Stock.RSSKiB
+				}
+				res.Records = append(res.Records, rec)
+			}
+		}
+	}
 	for r := 0; r < cfg.rounds; r++ {
+		if r > 0 {
+			summarize(r)
+			if err := writeJSON(cfg.out, res); err != nil {
+				log.Print(err)
+			}
+		}
 		res.Meta.LoadPerRound = append(res.Meta.LoadPerRound, loadavg())
 		o := order(r)
 		log.Printf("round %d/%d (first: %s; load %s)", r+1, cfg.rounds, o[0].name, loadavg())
@@ -190,62 +260,7 @@ func measure(ctx context.Context, cfg config, d *daemon, stock, rk *shimSide, fl
 			}
 		}
 	}
-	res.Meta.LoadEnd = loadavg()
-	res.Meta.ElapsedS = time.Since(t0).Seconds()
-
-	if doBurst {
-		for _, n := range cfg.burstNs {
-			rec := timeRecord("exec-burst", n, 0, cfg.rounds, samples[fmt.Sprintf("exec-burst/%d", n)])
-			rec.Target = "runckit_vs_stock <= 1 (no slower than the stock shim)"
-			rec.Met = rec.RunckitVsStock <= 1
-			rec.Note = fmt.Sprintf("%d concurrent execs of `true` in one running task: Exec, Wait, Start each, wall time until all exited (exec Delete untimed); floor: %d concurrent foreground `runc exec` in a go-runc container", n, n)
-			res.Records = append(res.Records, rec)
-		}
-	}
-	if doSeq {
-		rec := timeRecord("lifecycle-seq", cfg.lcSeq, 1, cfg.rounds, samples["lifecycle-seq"])
-		rec.Target = "runckit_vs_stock <= 0.8"
-		rec.Met = rec.RunckitVsStock <= 0.8
-		rec.Note = "containers of `true` one after another: NewContainer (snapshot, spec) + NewTask + Wait + Start + exit + task Delete + container Delete; floor: write config.json + runc create/start/wait4/delete"
-		res.Records = append(res.Records, rec)
-	}
-	if doPar {
-		rec := timeRecord("lifecycle-par", cfg.lcPar, cfg.lcParWidth, cfg.rounds, samples["lifecycle-par"])
-		rec.Target = "runckit_vs_stock <= 0.8"
-		rec.Met = rec.RunckitVsStock <= 0.8
-		rec.Note = fmt.Sprintf("as lifecycle-seq, %d at a time", cfg.lcParWidth)
-		res.Records = append(res.Records, rec)
-	}
-	if doRSS {
-		for _, group := range rssKeys {
-			rec := record{Name: "rss", N: cfg.rssN, Rounds: cfg.rounds, Sample: map[string][]float64{}}
-			if group {
-				rec.Mode = "grouped"
-				rec.Note = fmt.Sprintf("%d running `sleep` containers with the annotation io.containerd.runc.v2.group (both shims honour it): one shim process per runtime; sum of the shims' RSS (and PSS) / containers, 3 s after the last start", cfg.rssN)
-			} else {
-				rec.Mode = "per-container"
-				rec.Note = fmt.Sprintf("%d running `sleep` containers as containerd's client makes them by default (no group label): one shim process per container for both runtimes; sum of the shims' RSS (and PSS) / containers, 3 s after the last start", cfg.rssN)
-			}
-			for _, name := range []string{"stock", "runckit"} {
-				rs := rssRes[group][name]
-				m := medianRSS(rs)
-				for _, x := range rs {
-					rec.Sample[name] = append(rec.Sample[name], x.RSSKiB)
-				}
-				if name == "stock" {
-					rec.Stock = &m
-				} else {
-					rec.Runckit = &m
-				}
-			}
-			rec.Target = "runckit RSS per container < stock's"
-			rec.Met = rec.Runckit.RSSKiB < rec.Stock.RSSKiB
-			if rec.Stock.RSSKiB > 0 {
-				rec.RunckitVsStock = rec.Runckit.RSSKiB / rec.Stock.RSSKiB
-			}
-			res.Records = append(res.Records, rec)
-		}
-	}
+	summarize(cfg.rounds)
 	return res, nil
 }
 
@@ -423,5 +438,3 @@ func cpus() int {
 	}
 	return set.Count()
 }
-
-
