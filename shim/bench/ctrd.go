@@ -110,6 +110,20 @@ func (s *shimSide) setupBurst(ctx context.Context) error {
 	return nil
 }
 
+// burstAlive checks that the burst task still runs, so that a dead init is
+// reported as such rather than as N failed execs.
+func (s *shimSide) burstAlive(ctx context.Context) error {
+	st, err := s.burstT.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("%s burst task: %w", s.name, err)
+	}
+	if st.Status != containerd.Running {
+		return fmt.Errorf("%s burst task (pid %d) is %s, exit status %d at %v; want running",
+			s.name, s.burstT.Pid(), st.Status, st.ExitStatus, st.ExitTime)
+	}
+	return nil
+}
+
 func (s *shimSide) teardownBurst(ctx context.Context) error {
 	if s.burstC == nil {
 		return nil

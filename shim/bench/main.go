@@ -256,6 +256,11 @@ func run(cfg config) (code int) {
 			log.Print("interrupted")
 		}
 		log.Print(err)
+		// The temp dir goes; keep containerd's log for the diagnosis.
+		keep := filepath.Join(os.TempDir(), fmt.Sprintf("shim-bench-containerd-%d.log", os.Getpid()))
+		if cerr := copyFile(filepath.Join(dir, "containerd.log"), keep); cerr == nil {
+			log.Printf("containerd's log: %s", keep)
+		}
 		return 1
 	}
 	return code

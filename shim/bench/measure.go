@@ -200,6 +200,11 @@ func measure(ctx context.Context, cfg config, d *daemon, stock, rk *shimSide, fl
 		o := order(r)
 		log.Printf("round %d/%d (first: %s; load %s)", r+1, cfg.rounds, o[0].name, loadavg())
 		if doBurst {
+			for _, s := range []*shimSide{stock, rk} {
+				if err := s.burstAlive(ctx); err != nil {
+					return res, err
+				}
+			}
 			for _, n := range cfg.burstNs {
 				var line []string
 				for _, s := range o {
