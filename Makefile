@@ -24,7 +24,7 @@ GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 # needs dockerd (bench/harness/run.sh runs it).
 HARNESS_BENCH := bench/harness
 
-.PHONY: deps shim-deps demo test test-shim test-cgroup2 vet bench-quick conformance
+.PHONY: deps shim-deps demo test test-shim test-cgroup2 vet bench-quick bench-shim conformance
 
 # Installs runc and busybox-static (and criu, for the checkpoint tests)
 # when they are missing.
@@ -98,3 +98,12 @@ conformance: deps
 		cd $(SHIM_DIR) && $(GO) build -o $(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1 ./cmd/containerd-shim-runckit-v1; \
 	fi
 	SHIM="$(if $(SHIM)$(TEST_RUNTIME),$(SHIM),$(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1)" $(CONFORMANCE_DIR)/bin/conformance
+
+# The containerd shim bench (shim/bench): the stock runc shim and the runckit
+# shim through containerd's Go client, with the raw runc floor, interleaved;
+# writes shim/bench/results.json. Needs containerd v2.4.2 and its stock
+# shim in /root/go/bin (CONTAINERD=... to point elsewhere). Takes minutes;
+# BENCH_SHIM_FLAGS=-quick for a smoke run.
+CONTAINERD ?= /root/go/bin/containerd
+bench-shim: deps shim-deps
+	cd $(SHIM_DIR) && $(GO) run ./bench -containerd $(CONTAINERD) $(BENCH_SHIM_FLAGS)
