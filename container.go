@@ -47,9 +47,13 @@ type Container struct {
 	// other processes: runckit kills them (DESIGN.md rule 7).
 	sharedPID bool
 	// pidNS is the inode of init's PID namespace when it is the
-	// container's own, else 0: where its execs' processes live, for the
-	// orphan reaper's holds. Set before the container is shared.
+	// container's own, else 0. Set before the container is shared.
 	pidNS uint64
+	// execNS is the inode of init's PID namespace whoever owns it (the
+	// container, another container it joined, the host), 0 if unknown:
+	// where its execs' processes live, for the orphan reaper's holds. Set
+	// before the container is shared.
+	execNS uint64
 	// killScope is the container's cgroup when it shares a PID namespace:
 	// what is left in it is killed when init exits (killCgroup). Set before
 	// the container is shared.
@@ -74,9 +78,11 @@ type Container struct {
 	freeze      freezeState
 	oom         *oomWatch // set before the container is shared; nil without a memory cgroup
 	// rec writes the container's record when WithStateDir is set; its
-	// snapshots are numbered by recordVersion.
+	// snapshots are numbered by recordVersion. recordAsks counts calls to
+	// saveRecord, each made after the change it must persist.
 	rec           *recorder
 	recordVersion uint64
+	recordAsks    uint64
 	deleting      bool
 	deleted       bool
 	// execvePending is set when runc start released init, which may not
@@ -289,8 +295,9 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	oom := c.newOOMWatch(pid)
 	phase.End(phase.OOMSetup, t)
 	t = phase.Begin()
-	if !c.sharedPID {
-		if ino, err := pidNamespaceOf(pid); err == nil {
+	if ino, err := pidNamespaceOf(pid); err == nil {
+		c.execNS = ino
+		if !c.sharedPID {
 			c.pidNS = ino
 			c.undo = append(c.undo, manageNamespaceInode(ino))
 		}

@@ -325,7 +325,9 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 	c.activeExecs++
 	c.mu.Unlock()
 
-	release := sync.OnceFunc(holdReaping(c.pidNS)) // until the exec's pid is watched
+	// Until the exec's pid is watched: hold the zombies of the namespace it
+	// runs in, which may be another container's (a pod's) or the host's.
+	release := sync.OnceFunc(holdReaping(c.execNS))
 	defer release()
 	c.starts.begin()
 	pid, pio, err := c.runExec(ctx, p)

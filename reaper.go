@@ -120,11 +120,11 @@ func (r *orphanReaper) register(w *pidfdWatcher) {
 // is called (once that process is watched). runc's new process becomes this
 // program's child early, before runc has written its pid file: its parent,
 // runc's helper, exits while runc still runs. So what may be it is told by
-// where it lives: an exec's process is in its container's PID namespace
-// (scope is that namespace's inode); a create's init is in a namespace
-// runckit does not know yet, and an exec in a shared PID namespace is in
-// the host's (scope 0 holds every namespace that is not a known
-// container's). Zombies elsewhere, runc's helpers that never become the new
+// where it lives: an exec's process is in its container's init's PID
+// namespace, whoever owns it (scope is that namespace's inode: the
+// container's own, another container's it joined, or the host's); a
+// create's init is in a namespace runckit does not know yet (scope 0 holds
+// every namespace that is not a known container's). Zombies elsewhere, runc's helpers that never become the new
 // process among them, are reaped at once: a dying init may be waiting for
 // them, however many other runc calls are in flight.
 func (r *orphanReaper) holdScope(scope uint64) (release func()) {

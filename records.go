@@ -107,8 +107,11 @@ func exitRecordOf(st ExitStatus) *exitRecord {
 type recorder struct {
 	path string
 
-	mu      sync.Mutex // serialises writes; guards written
-	written uint64
+	// mu serialises writes and guards written and covered. It is taken
+	// before c.mu, never while c.mu is held.
+	mu      sync.Mutex
+	written uint64 // Version of the record on disk; ^0 once removed
+	covered uint64 // the container's recordAsks that the record on disk reflects
 }
 
 // recordPath names the record of container id in runtime root. An ID is
@@ -157,9 +160,11 @@ func (c *Container) snapshotLocked() *record {
 	return r
 }
 
-// saveRecord writes the container's current record, if it keeps one.
-// Errors are not fatal to the operation that changed the state: they are
-// kept and returned by the next LoadContainer that finds the record stale.
+// saveRecord writes the container's current record, if it keeps one, and
+// returns once a record holding every change made before the call is on
+// disk. Concurrent callers share writes (a group commit): a caller whose
+// change a write already took in returns without writing, so a burst of
+// exec starts and exits costs a few writes, not one each in a queue.
 func (c *Container) saveRecord() {
 	if c.rec == nil {
 		return
@@ -169,24 +174,49 @@ func (c *Container) saveRecord() {
 		c.mu.Unlock()
 		return
 	}
-	r := c.snapshotLocked()
+	c.recordAsks++
+	ask := c.recordAsks
 	c.mu.Unlock()
-	c.rec.write(r)
-}
 
-func (rc *recorder) write(r *record) {
+	rc := c.rec
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	if r.Version <= rc.written {
+	if rc.covered >= ask {
+		return // a snapshot taken after this call's change is on disk
+	}
+	c.mu.Lock()
+	if c.deleted {
+		c.mu.Unlock()
 		return
+	}
+	r := c.snapshotLocked()
+	covered := c.recordAsks // every ask so far changed state before this snapshot
+	c.mu.Unlock()
+	if rc.writeLocked(r) {
+		rc.covered = covered
+	}
+}
+
+// recordWriteHook, set only by tests, runs before each record write.
+var recordWriteHook func()
+
+// writeLocked writes r unless a newer record is on disk; rc.mu is held.
+func (rc *recorder) writeLocked(r *record) bool {
+	if r.Version <= rc.written {
+		return false
 	}
 	data, err := json.Marshal(r)
 	if err != nil {
-		return
+		return false
 	}
-	if writeFileAtomic(rc.path, data, 0o600) == nil {
-		rc.written = r.Version
+	if recordWriteHook != nil {
+		recordWriteHook()
 	}
+	if writeFileAtomic(rc.path, data, 0o600) != nil {
+		return false
+	}
+	rc.written = r.Version
+	return true
 }
 
 // remove deletes the record, for Delete.
@@ -196,7 +226,7 @@ func (rc *recorder) remove() {
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	rc.written = ^uint64(0) // nothing may be written after this
+	rc.written, rc.covered = ^uint64(0), ^uint64(0) // nothing may be written after this
 	os.Remove(rc.path)
 }
 
@@ -376,11 +406,7 @@ func (c *Container) attachInit(h *pidfdHandle) {
 	if !h.alive() {
 		return
 	}
-	nsErr := errors.New("shares the host PID namespace")
-	var ns uint64
-	if !c.sharedPID {
-		ns, nsErr = pidNamespaceOf(pid)
-	}
+	ns, nsErr := pidNamespaceOf(pid)
 	cg, cgErr := oomSourceFor(pid)
 	var scope []cgroupDir
 	if c.sharedPID {
@@ -391,8 +417,11 @@ func (c *Container) attachInit(h *pidfdHandle) {
 	}
 	c.killScope = scope
 	if nsErr == nil {
-		c.pidNS = ns
-		c.undo = append(c.undo, manageNamespaceInode(ns))
+		c.execNS = ns
+		if !c.sharedPID {
+			c.pidNS = ns
+			c.undo = append(c.undo, manageNamespaceInode(ns))
+		}
 	}
 	if cgErr == nil {
 		oom := c.newOOMWatchOn(cg)
