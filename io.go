@@ -52,7 +52,11 @@ import (
 // For shims, a stream may instead name a path: "fifo:///run/x/stdout" opens a
 // FIFO, "file:///var/log/x" appends to a file, and a plain absolute path is
 // either, depending on what is there. A stream may have a reader/writer or a
-// path, not both.
+// path, not both. StdoutPath and StderrPath may also name a logging binary,
+// "binary:///usr/bin/logger?key=value", which runckit starts and hands the
+// stream to, with containerd's protocol for shim loggers (see binlog.go:
+// fds 3 and 4, ready on fd 5, CONTAINER_ID and CONTAINER_NAMESPACE); the
+// same URI for both starts one logger.
 type Stdio struct {
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -66,6 +70,11 @@ type Stdio struct {
 	StdinPath  string
 	StdoutPath string
 	StderrPath string
+
+	// LogNamespace is CONTAINER_NAMESPACE for logging binaries (binary://
+	// stream URIs). runckit has no namespaces; a containerd shim passes the
+	// request's. Empty by default.
+	LogNamespace string
 }
 
 // stdioKind is how one stream reaches the process.
@@ -103,10 +112,10 @@ func parseStdioPath(name, raw string) (path string, fifo bool, err error) {
 		return u.Path, true, nil
 	case "file":
 		return u.Path, false, nil
-	case "binary":
-		return "", false, fmt.Errorf("runckit: %s %q: binary logging URIs are not supported yet: %w", name, raw, errdefs.ErrNotImplemented)
+	case "binary", "binary-v2":
+		return "", false, fmt.Errorf("runckit: %s %q: a logging binary takes output, not input: %w", name, raw, errdefs.ErrInvalidArgument)
 	}
-	return "", false, fmt.Errorf("runckit: %s %q: unknown scheme %q (want fifo, file or an absolute path): %w",
+	return "", false, fmt.Errorf("runckit: %s %q: unknown scheme %q (want fifo, file, binary or an absolute path): %w",
 		name, raw, u.Scheme, errdefs.ErrInvalidArgument)
 }
 
@@ -127,6 +136,14 @@ func (s Stdio) validate() error {
 		return fmt.Errorf("runckit: a terminal takes Stdin and Stdout readers/writers, not paths: %w", errdefs.ErrInvalidArgument)
 	}
 	for _, p := range []struct{ name, v string }{{"StdinPath", s.StdinPath}, {"StdoutPath", s.StdoutPath}, {"StderrPath", s.StderrPath}} {
+		if p.name != "StdinPath" {
+			if _, ok, err := parseLoggerURI(p.name, p.v); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		if _, _, err := parseStdioPath(p.name, p.v); err != nil {
 			return err
 		}
@@ -173,6 +190,11 @@ type processIO struct {
 	stdinClosed bool // CloseStdin was called: copy nothing more
 	stdinGaveUp bool // CloseStdin stopped waiting: drop what Read returns
 	lastIn      byte // last byte copied in, 0 if none
+
+	// loggers are the logging binaries the output goes to (binary://
+	// paths), ready before runc runs; each one's exit is one of the copies
+	// wait waits for.
+	loggers []*binaryLogger
 }
 
 // stdinCloseGrace is how long CloseStdin waits for the input copy to
@@ -181,7 +203,9 @@ type processIO struct {
 // CloseStdin while it is parked there (the usual case) costs this once.
 const stdinCloseGrace = 100 * time.Millisecond
 
-func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
+// newProcessIO sets up the IO for one process of container containerID.
+// ctx bounds the start of logging binaries.
+func newProcessIO(ctx context.Context, s Stdio, containerID string, uid, gid int) (pio *processIO, err error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
@@ -202,8 +226,13 @@ func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 	if err := pio.setupInput(s.Stdin, s.StdinPath, uid, gid); err != nil {
 		return nil, err
 	}
-	if err := pio.setupOutput(1, "StdoutPath", s.Stdout, s.StdoutPath, uid, gid); err != nil {
+	if err := pio.setupLoggers(ctx, s, containerID, uid, gid); err != nil {
 		return nil, err
+	}
+	if pio.child[1] == nil {
+		if err := pio.setupOutput(1, "StdoutPath", s.Stdout, s.StdoutPath, uid, gid); err != nil {
+			return nil, err
+		}
 	}
 	if s.StdoutPath == "" && s.StderrPath == "" && sameWriter(s.Stdout, s.Stderr) {
 		// One pipe (or file) for both, as os/exec does: one copy goroutine
@@ -211,8 +240,10 @@ func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 		pio.child[2] = pio.child[1]
 		return pio, nil
 	}
-	if err := pio.setupOutput(2, "StderrPath", s.Stderr, s.StderrPath, uid, gid); err != nil {
-		return nil, err
+	if pio.child[2] == nil {
+		if err := pio.setupOutput(2, "StderrPath", s.Stderr, s.StderrPath, uid, gid); err != nil {
+			return nil, err
+		}
 	}
 	return pio, nil
 }
@@ -506,6 +537,7 @@ func (pio *processIO) abort() {
 		pio.socket.Close()
 		pio.socket = nil
 	}
+	pio.stopLoggers()
 	pio.markDrained()
 }
 
@@ -558,6 +590,7 @@ func (pio *processIO) abortHost() {
 		c.Close()
 	}
 	pio.host = nil
+	pio.stopLoggers()
 	pio.markDrained()
 }
 
@@ -770,6 +803,9 @@ func (pio *processIO) wait(timeout time.Duration) error {
 			pio.masterIO.Close()
 		}
 		pio.mu.Unlock()
+		// A logger still reading (a daemonised child holds its pipe, or it
+		// does not exit at EOF) is ended and reaped.
+		pio.stopLoggers()
 	}
 	pio.release()
 	pio.errMu.Lock()
@@ -781,11 +817,12 @@ func (pio *processIO) wait(timeout time.Duration) error {
 	return err
 }
 
-// release closes whatever is still open. Safe to call more than once.
+// release closes whatever is still open and ends any logger still running.
+// Safe to call more than once.
 func (pio *processIO) release() {
 	pio.mu.Lock()
-	defer pio.mu.Unlock()
 	if pio.closed {
+		pio.mu.Unlock()
 		return
 	}
 	pio.closed = true
@@ -796,4 +833,6 @@ func (pio *processIO) release() {
 	for _, c := range pio.host {
 		c.Close() // some were closed already by their copy loop
 	}
+	pio.mu.Unlock()
+	pio.stopLoggers() // outside the lock: it may wait for a logger to exit
 }
