@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/exec"
@@ -209,10 +210,11 @@ func newProcessIO(ctx context.Context, s Stdio, containerID string, uid, gid int
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	pio = &processIO{stdio: s, drained: make(chan struct{})}
+	p := &processIO{stdio: s, drained: make(chan struct{})}
+	pio = p
 	defer func() {
 		if err != nil {
-			pio.abort()
+			p.abort() // not pio: the error return has set it to nil
 		}
 	}()
 	if s.Terminal {
@@ -263,6 +265,19 @@ func sameWriter(a, b io.Writer) (same bool) {
 	return a == b
 }
 
+// openError describes a stream path that could not be opened, with the
+// errdefs kind of the common causes: the path (or its directory) missing,
+// or no permission.
+func openError(name string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("runckit: %s: %w: %w", name, err, errdefs.ErrNotFound)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("runckit: %s: %w: %w", name, err, errdefs.ErrPermissionDenied)
+	}
+	return fmt.Errorf("runckit: %s: %w", name, err)
+}
+
 func openNull(flag int) (*os.File, error) {
 	f, err := os.OpenFile(os.DevNull, flag, 0)
 	if err != nil {
@@ -299,7 +314,7 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 	case p != "" && !fifo:
 		f, err := os.Open(p)
 		if err != nil {
-			return fmt.Errorf("runckit: StdinPath: %w", err)
+			return openError("StdinPath", err)
 		}
 		pio.child[0] = f
 		pio.noStdin = "StdinPath names a file, which the process reads itself"
@@ -338,7 +353,7 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 func (pio *processIO) setupFIFOInput(path string, uid, gid int) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("runckit: StdinPath: %w", err)
+		return openError("StdinPath", err)
 	}
 	if fi.Mode()&os.ModeNamedPipe == 0 {
 		return fmt.Errorf("runckit: StdinPath %q is not a FIFO: %w", path, errdefs.ErrInvalidArgument)
@@ -386,14 +401,14 @@ func (pio *processIO) setupOutput(fd int, name string, w io.Writer, path string,
 		// reader has connected; the reader sees EOF when the process exits.
 		f, err := os.OpenFile(p, os.O_RDWR, 0)
 		if err != nil {
-			return fmt.Errorf("runckit: %s: %w", name, err)
+			return openError(name, err)
 		}
 		pio.child[fd] = f
 		return nil
 	case p != "":
 		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
-			return fmt.Errorf("runckit: %s: %w", name, err)
+			return openError(name, err)
 		}
 		pio.child[fd] = f
 		return nil
