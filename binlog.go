@@ -193,11 +193,10 @@ func startBinaryLogger(ctx context.Context, u *url.URL, containerID, namespace s
 		return nil, fmt.Errorf("runckit: logger %s: not ready: %w", raw, context.Cause(ctx))
 	case rerr != nil && rerr != io.EOF:
 		return nil, fmt.Errorf("runckit: logger %s: read its ready pipe: %w", raw, rerr)
-	case u.Scheme == "binary-v2":
-		return nil, fmt.Errorf("runckit: logger %s closed its ready pipe (fd 5) without writing to it%s: %w",
-			raw, l.exitNote(), errdefs.ErrUnavailable)
 	case l.exiting():
 		return nil, fmt.Errorf("runckit: logger %s exited before it was ready%s: %w", raw, l.exitNote(), errdefs.ErrUnavailable)
+	case u.Scheme == "binary-v2":
+		return nil, fmt.Errorf("runckit: logger %s closed its ready pipe (fd 5) without writing to it: %w", raw, errdefs.ErrUnavailable)
 	}
 	return l, nil // closed its end and runs on: ready, as containerd reads it
 }

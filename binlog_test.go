@@ -251,7 +251,7 @@ func TestBinaryLogFailuresLeaveNothing(t *testing.T) {
 		}
 	}
 	// The stuck loggers' sleeps were in their groups: gone with them.
-	if out, _ := findRunning("sleep 9137"); out != "" {
+	if out := stillRunning("sleep 9137"); out != "" {
 		t.Errorf("a logger's child is still running: %s", out)
 	}
 	if fds, g := settle(); fds != fds0 || g > g0 {
@@ -299,8 +299,21 @@ func TestBinaryLogDrainTimeoutEndsLogger(t *testing.T) {
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("logger %d still exists after Wait: %v", pid, err)
 	}
-	if out, _ := findRunning("sleep 9138"); out != "" {
+	if out := stillRunning("sleep 9138"); out != "" {
 		t.Errorf("the logger's child is still running: %s", out)
+	}
+}
+
+// stillRunning waits up to 5s (a killed process takes a moment to die) for
+// no process to run cmdline, and returns those that still do.
+func stillRunning(cmdline string) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := findRunning(cmdline)
+		if out == "" || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
