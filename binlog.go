@@ -106,6 +106,22 @@ func parseLoggerURI(name, raw string) (*url.URL, bool, error) {
 	return u, true, nil
 }
 
+// checkLoggerBinary refuses, early (when the Stdio is given, before any
+// process is made), a logger that does not exist or can not be run. The
+// start checks again, for what changes meanwhile.
+func checkLoggerBinary(name string, u *url.URL) error {
+	fi, err := os.Stat(u.Path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("runckit: %s: logger %s: %w", name, u.Path, errdefs.ErrNotFound)
+	case err != nil:
+		return fmt.Errorf("runckit: %s: logger: %v: %w", name, err, errdefs.ErrInvalidArgument)
+	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+		return fmt.Errorf("runckit: %s: logger %s is not an executable file (%v): %w", name, u.Path, fi.Mode(), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
 // loggerKey tells whether two URIs name the same logger: same scheme, path
 // and query, whatever the order of the query's keys.
 func loggerKey(u *url.URL) string {

@@ -219,13 +219,14 @@ func TestBinaryLogFailuresLeaveNothing(t *testing.T) {
 			start := time.Now()
 			if exec {
 				var p *runckit.Process
+				// A logger that is not there is refused at once; one
+				// that fails to run, at Start.
 				p, err = sleeper.Exec(ctx, "bad-"+tc.name, runckittest.ProcessSpec("echo", "hi"), s)
-				if err != nil {
-					t.Fatal(err)
-				}
-				err = p.Start(cctx)
-				if derr := p.Delete(ctx); derr != nil {
-					t.Errorf("%s: delete the exec: %v", tc.name, derr)
+				if err == nil {
+					err = p.Start(cctx)
+					if derr := p.Delete(ctx); derr != nil {
+						t.Errorf("%s: delete the exec: %v", tc.name, derr)
+					}
 				}
 			} else {
 				id := newID(t)
@@ -250,6 +251,20 @@ func TestBinaryLogFailuresLeaveNothing(t *testing.T) {
 			}
 		}
 	}
+	// A logger removed between the exec's reservation and its start.
+	removed := loggerScript(t, dir, "removed", copyLogger)
+	p, err := sleeper.Exec(ctx, "removed", runckittest.ProcessSpec("echo", "hi"), runckit.Stdio{StdoutPath: "binary://" + removed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(removed)
+	if err := p.Start(ctx); !errdefs.IsNotFound(err) {
+		t.Errorf("start with the logger removed: %v; want NotFound", err)
+	}
+	if err := p.Delete(ctx); err != nil {
+		t.Errorf("delete the exec: %v", err)
+	}
+
 	// The stuck loggers' sleeps were in their groups: gone with them.
 	if out := stillRunning("sleep 9137"); out != "" {
 		t.Errorf("a logger's child is still running: %s", out)

@@ -138,7 +138,10 @@ func (s Stdio) validate() error {
 	}
 	for _, p := range []struct{ name, v string }{{"StdinPath", s.StdinPath}, {"StdoutPath", s.StdoutPath}, {"StderrPath", s.StderrPath}} {
 		if p.name != "StdinPath" {
-			if _, ok, err := parseLoggerURI(p.name, p.v); ok {
+			if u, ok, err := parseLoggerURI(p.name, p.v); ok {
+				if err == nil {
+					err = checkLoggerBinary(p.name, u)
+				}
 				if err != nil {
 					return err
 				}
