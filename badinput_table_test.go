@@ -351,8 +351,14 @@ func TestBadInputTable(t *testing.T) {
 		{"stdio/bad-escape", "InvalidArgument", func(t *testing.T) error {
 			return f.newContainer(t, "io-esc", runckit.WithStdio(runckit.Stdio{StdinPath: "%zz"}))
 		}},
-		{"stdio/binary-uri", "NotImplemented", func(t *testing.T) error {
-			return f.newContainer(t, "io-bin", runckit.WithStdio(runckit.Stdio{StdoutPath: "binary:///usr/bin/logger"}))
+		{"stdio/binary-uri-missing", "NotFound", func(t *testing.T) error {
+			return f.newContainer(t, "io-bin", runckit.WithStdio(runckit.Stdio{StdoutPath: "binary:///no/such/logger"}))
+		}},
+		{"stdio/binary-uri-stdin", "InvalidArgument", func(t *testing.T) error {
+			return f.newContainer(t, "io-binin", runckit.WithStdio(runckit.Stdio{StdinPath: "binary:///bin/true"}))
+		}},
+		{"stdio/binary-uri-host", "InvalidArgument", func(t *testing.T) error {
+			return f.newContainer(t, "io-binhost", runckit.WithStdio(runckit.Stdio{StdoutPath: "binary://host/bin/true"}))
 		}},
 		{"stdio/reader-and-path", "InvalidArgument", func(t *testing.T) error {
 			return f.newContainer(t, "io-both", runckit.WithStdio(runckit.Stdio{Stdin: strings.NewReader(""), StdinPath: "/dev/null"}))
@@ -360,8 +366,8 @@ func TestBadInputTable(t *testing.T) {
 		{"stdio/terminal-with-stderr", "InvalidArgument", func(t *testing.T) error {
 			return f.newContainer(t, "io-tty", runckit.WithStdio(runckit.Stdio{Terminal: true, StderrPath: "/dev/null"}))
 		}},
-		{"stdio/exec-binary-uri", "NotImplemented", func(t *testing.T) error {
-			return f.execIn("x-bin", proc("true"), runckit.Stdio{StderrPath: "binary:///bin/logger?x=1"})
+		{"stdio/exec-binary-uri-missing", "NotFound", func(t *testing.T) error {
+			return f.execIn("x-bin", proc("true"), runckit.Stdio{StderrPath: "binary:///no/such/logger?x=1"})
 		}},
 		{"stdio/exec-unknown-scheme", "InvalidArgument", func(t *testing.T) error {
 			return f.execIn("x-ftp", proc("true"), runckit.Stdio{StdoutPath: "ftp:///x"})

@@ -246,8 +246,8 @@ func TestBadSignalAndStdio(t *testing.T) {
 			t.Errorf("%s: Exec = %v, want ErrInvalidArgument", name, err)
 		}
 	}
-	if _, err := c.Exec(ctx, "bin", runckittest.ProcessSpec("true"), runckit.Stdio{StdoutPath: "binary:///usr/bin/logger"}); !errdefs.IsNotImplemented(err) {
-		t.Errorf("binary URI: %v, want ErrNotImplemented", err)
+	if _, err := c.Exec(ctx, "bin", runckittest.ProcessSpec("true"), runckit.Stdio{StdoutPath: "binary:///no/such/logger"}); !errdefs.IsNotFound(err) {
+		t.Errorf("binary URI of a missing logger: %v, want ErrNotFound", err)
 	}
 }
 

@@ -369,7 +369,7 @@ func (c *Container) runCreate(ctx context.Context, restore *RestoreOptions) (int
 		return 0, nil, canceledError(ctx, step, c.id, "")
 	}
 	t := phase.Begin()
-	pio, err := newProcessIO(c.cfg.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
+	pio, err := newProcessIO(ctx, c.cfg.stdio, c.id, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/exec"
@@ -52,7 +53,11 @@ import (
 // For shims, a stream may instead name a path: "fifo:///run/x/stdout" opens a
 // FIFO, "file:///var/log/x" appends to a file, and a plain absolute path is
 // either, depending on what is there. A stream may have a reader/writer or a
-// path, not both.
+// path, not both. StdoutPath and StderrPath may also name a logging binary,
+// "binary:///usr/bin/logger?key=value", which runckit starts and hands the
+// stream to, with containerd's protocol for shim loggers (see binlog.go:
+// fds 3 and 4, ready on fd 5, CONTAINER_ID and CONTAINER_NAMESPACE); the
+// same URI for both starts one logger.
 type Stdio struct {
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -66,6 +71,11 @@ type Stdio struct {
 	StdinPath  string
 	StdoutPath string
 	StderrPath string
+
+	// LogNamespace is CONTAINER_NAMESPACE for logging binaries (binary://
+	// stream URIs). runckit has no namespaces; a containerd shim passes the
+	// request's. Empty by default.
+	LogNamespace string
 }
 
 // stdioKind is how one stream reaches the process.
@@ -103,10 +113,10 @@ func parseStdioPath(name, raw string) (path string, fifo bool, err error) {
 		return u.Path, true, nil
 	case "file":
 		return u.Path, false, nil
-	case "binary":
-		return "", false, fmt.Errorf("runckit: %s %q: binary logging URIs are not supported yet: %w", name, raw, errdefs.ErrNotImplemented)
+	case "binary", "binary-v2":
+		return "", false, fmt.Errorf("runckit: %s %q: a logging binary takes output, not input: %w", name, raw, errdefs.ErrInvalidArgument)
 	}
-	return "", false, fmt.Errorf("runckit: %s %q: unknown scheme %q (want fifo, file or an absolute path): %w",
+	return "", false, fmt.Errorf("runckit: %s %q: unknown scheme %q (want fifo, file, binary or an absolute path): %w",
 		name, raw, u.Scheme, errdefs.ErrInvalidArgument)
 }
 
@@ -127,6 +137,17 @@ func (s Stdio) validate() error {
 		return fmt.Errorf("runckit: a terminal takes Stdin and Stdout readers/writers, not paths: %w", errdefs.ErrInvalidArgument)
 	}
 	for _, p := range []struct{ name, v string }{{"StdinPath", s.StdinPath}, {"StdoutPath", s.StdoutPath}, {"StderrPath", s.StderrPath}} {
+		if p.name != "StdinPath" {
+			if u, ok, err := parseLoggerURI(p.name, p.v); ok {
+				if err == nil {
+					err = checkLoggerBinary(p.name, u)
+				}
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		if _, _, err := parseStdioPath(p.name, p.v); err != nil {
 			return err
 		}
@@ -173,6 +194,11 @@ type processIO struct {
 	stdinClosed bool // CloseStdin was called: copy nothing more
 	stdinGaveUp bool // CloseStdin stopped waiting: drop what Read returns
 	lastIn      byte // last byte copied in, 0 if none
+
+	// loggers are the logging binaries the output goes to (binary://
+	// paths), ready before runc runs; each one's exit is one of the copies
+	// wait waits for.
+	loggers []*binaryLogger
 }
 
 // stdinCloseGrace is how long CloseStdin waits for the input copy to
@@ -181,14 +207,17 @@ type processIO struct {
 // CloseStdin while it is parked there (the usual case) costs this once.
 const stdinCloseGrace = 100 * time.Millisecond
 
-func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
+// newProcessIO sets up the IO for one process of container containerID.
+// ctx bounds the start of logging binaries.
+func newProcessIO(ctx context.Context, s Stdio, containerID string, uid, gid int) (pio *processIO, err error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	pio = &processIO{stdio: s, drained: make(chan struct{})}
+	p := &processIO{stdio: s, drained: make(chan struct{})}
+	pio = p
 	defer func() {
 		if err != nil {
-			pio.abort()
+			p.abort() // not pio: the error return has set it to nil
 		}
 	}()
 	if s.Terminal {
@@ -202,8 +231,13 @@ func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 	if err := pio.setupInput(s.Stdin, s.StdinPath, uid, gid); err != nil {
 		return nil, err
 	}
-	if err := pio.setupOutput(1, "StdoutPath", s.Stdout, s.StdoutPath, uid, gid); err != nil {
+	if err := pio.setupLoggers(ctx, s, containerID, uid, gid); err != nil {
 		return nil, err
+	}
+	if pio.child[1] == nil {
+		if err := pio.setupOutput(1, "StdoutPath", s.Stdout, s.StdoutPath, uid, gid); err != nil {
+			return nil, err
+		}
 	}
 	if s.StdoutPath == "" && s.StderrPath == "" && sameWriter(s.Stdout, s.Stderr) {
 		// One pipe (or file) for both, as os/exec does: one copy goroutine
@@ -211,8 +245,10 @@ func newProcessIO(s Stdio, uid, gid int) (pio *processIO, err error) {
 		pio.child[2] = pio.child[1]
 		return pio, nil
 	}
-	if err := pio.setupOutput(2, "StderrPath", s.Stderr, s.StderrPath, uid, gid); err != nil {
-		return nil, err
+	if pio.child[2] == nil {
+		if err := pio.setupOutput(2, "StderrPath", s.Stderr, s.StderrPath, uid, gid); err != nil {
+			return nil, err
+		}
 	}
 	return pio, nil
 }
@@ -230,6 +266,19 @@ func sameWriter(a, b io.Writer) (same bool) {
 		}
 	}()
 	return a == b
+}
+
+// openError describes a stream path that could not be opened, with the
+// errdefs kind of the common causes: the path (or its directory) missing,
+// or no permission.
+func openError(name string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("runckit: %s: %w: %w", name, err, errdefs.ErrNotFound)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("runckit: %s: %w: %w", name, err, errdefs.ErrPermissionDenied)
+	}
+	return fmt.Errorf("runckit: %s: %w", name, err)
 }
 
 func openNull(flag int) (*os.File, error) {
@@ -268,7 +317,7 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 	case p != "" && !fifo:
 		f, err := os.Open(p)
 		if err != nil {
-			return fmt.Errorf("runckit: StdinPath: %w", err)
+			return openError("StdinPath", err)
 		}
 		pio.child[0] = f
 		pio.noStdin = "StdinPath names a file, which the process reads itself"
@@ -307,7 +356,7 @@ func (pio *processIO) setupInput(r io.Reader, path string, uid, gid int) error {
 func (pio *processIO) setupFIFOInput(path string, uid, gid int) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("runckit: StdinPath: %w", err)
+		return openError("StdinPath", err)
 	}
 	if fi.Mode()&os.ModeNamedPipe == 0 {
 		return fmt.Errorf("runckit: StdinPath %q is not a FIFO: %w", path, errdefs.ErrInvalidArgument)
@@ -355,14 +404,14 @@ func (pio *processIO) setupOutput(fd int, name string, w io.Writer, path string,
 		// reader has connected; the reader sees EOF when the process exits.
 		f, err := os.OpenFile(p, os.O_RDWR, 0)
 		if err != nil {
-			return fmt.Errorf("runckit: %s: %w", name, err)
+			return openError(name, err)
 		}
 		pio.child[fd] = f
 		return nil
 	case p != "":
 		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
-			return fmt.Errorf("runckit: %s: %w", name, err)
+			return openError(name, err)
 		}
 		pio.child[fd] = f
 		return nil
@@ -506,6 +555,7 @@ func (pio *processIO) abort() {
 		pio.socket.Close()
 		pio.socket = nil
 	}
+	pio.stopLoggers()
 	pio.markDrained()
 }
 
@@ -558,6 +608,7 @@ func (pio *processIO) abortHost() {
 		c.Close()
 	}
 	pio.host = nil
+	pio.stopLoggers()
 	pio.markDrained()
 }
 
@@ -770,6 +821,9 @@ func (pio *processIO) wait(timeout time.Duration) error {
 			pio.masterIO.Close()
 		}
 		pio.mu.Unlock()
+		// A logger still reading (a daemonised child holds its pipe, or it
+		// does not exit at EOF) is ended and reaped.
+		pio.stopLoggers()
 	}
 	pio.release()
 	pio.errMu.Lock()
@@ -781,11 +835,12 @@ func (pio *processIO) wait(timeout time.Duration) error {
 	return err
 }
 
-// release closes whatever is still open. Safe to call more than once.
+// release closes whatever is still open and ends any logger still running.
+// Safe to call more than once.
 func (pio *processIO) release() {
 	pio.mu.Lock()
-	defer pio.mu.Unlock()
 	if pio.closed {
+		pio.mu.Unlock()
 		return
 	}
 	pio.closed = true
@@ -796,4 +851,6 @@ func (pio *processIO) release() {
 	for _, c := range pio.host {
 		c.Close() // some were closed already by their copy loop
 	}
+	pio.mu.Unlock()
+	pio.stopLoggers() // outside the lock: it may wait for a logger to exit
 }

@@ -455,7 +455,7 @@ func (c *Container) runExec(ctx context.Context, p *Process) (int, *processIO, e
 	if ctx.Err() != nil {
 		return 0, nil, canceledError(ctx, "exec", c.id, p.id)
 	}
-	pio, err := newProcessIO(p.stdio, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
+	pio, err := newProcessIO(ctx, p.stdio, c.id, c.cfg.runtimeOpts.IOUid, c.cfg.runtimeOpts.IOGid)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -27,6 +27,8 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+
+	"github.com/runckit/runckit/runckittest"
 )
 
 const (
@@ -45,6 +47,7 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	runckittest.Cleanup() // the rootfs of the service-level tests
 	if shimDir != "" {
 		os.RemoveAll(shimDir)
 	}

@@ -231,9 +231,21 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if root == "" {
 		root = DefaultRuntimeRoot
 	}
+	s.mu.Lock()
+	_, exists := s.tasks[r.ID]
+	s.mu.Unlock()
+	if exists {
+		// Before anything is written to the bundle, which may be the
+		// running container's.
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "create: container %q already exists", r.ID)
+	}
+	if fi, err := os.Stat(r.Bundle); err != nil || !fi.IsDir() {
+		// Not made here: MkdirAll below would make it.
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "create: bundle %q is not a directory", r.Bundle)
+	}
 	info := shimInfo{Root: filepath.Join(root, ns), Runtime: ro.BinaryName, StateDir: filepath.Join(r.Bundle, "runckit-state")}
 	tio := taskIO{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
-	stdio, closeIO, err := openStdio(tio)
+	stdio, closeIO, err := openStdio(tio, ns)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -267,12 +279,17 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if len(mounts) > 0 {
 		opts = append(opts, runckit.WithRootfsMounts(mounts...))
 	}
+	// What the shim writes into the bundle is removed again if the create
+	// fails, so that a refused request leaves the bundle as it was.
+	undo := bundleUndo(r.Bundle, info.StateDir, shimInfoFile, "init.pid")
 	if err := os.MkdirAll(info.StateDir, 0o700); err != nil {
 		closeIO()
+		undo()
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := writeShimInfo(r.Bundle, info); err != nil {
 		closeIO()
+		undo()
 		return nil, errgrpc.ToGRPC(err)
 	}
 	// Tools written for the stock shim read init's pid from <bundle>/init.pid
@@ -289,6 +306,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	if err != nil {
 		closeIO()
+		undo()
 		return nil, errgrpc.ToGRPC(err)
 	}
 	t.c = c
@@ -299,6 +317,26 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	s.tasks[r.ID] = t
 	s.mu.Unlock()
 	return &taskAPI.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
+}
+
+// bundleUndo notes which of the named bundle entries do not exist yet and
+// returns a func that removes those (the state directory with what is in
+// it), leaving entries that were there before alone.
+func bundleUndo(bundle, stateDir string, names ...string) func() {
+	var made []string
+	for _, p := range append([]string{stateDir}, names...) {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(bundle, p)
+		}
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			made = append(made, p)
+		}
+	}
+	return func() {
+		for _, p := range made {
+			_ = os.RemoveAll(p)
+		}
+	}
 }
 
 // closeAfterExit closes the shim's own stdio ends once p's output is drained.
@@ -377,7 +415,8 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec %q: process spec: %v", r.ExecID, err)
 	}
 	tio := taskIO{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
-	stdio, closeIO, err := openStdio(tio)
+	ns, _ := namespaces.Namespace(ctx)
+	stdio, closeIO, err := openStdio(tio, ns)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}

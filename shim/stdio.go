@@ -14,12 +14,14 @@ import (
 )
 
 // openStdio turns containerd's stream paths into runckit's Stdio. Without a
-// terminal runckit opens the paths itself; a terminal takes readers and
-// writers, so the shim opens containerd's FIFOs and closes them (the
-// returned func) once the process's output is drained.
-func openStdio(tio taskIO) (runckit.Stdio, func(), error) {
+// terminal runckit opens the paths itself, and starts the logging binary a
+// binary:// URI names (CONTAINER_NAMESPACE is ns, the request's namespace);
+// a terminal takes readers and writers, so the shim opens containerd's
+// FIFOs and closes them (the returned func) once the process's output is
+// drained. A terminal's output to a logging binary is not supported.
+func openStdio(tio taskIO, ns string) (runckit.Stdio, func(), error) {
 	if !tio.terminal {
-		return runckit.Stdio{StdinPath: tio.stdin, StdoutPath: tio.stdout, StderrPath: tio.stderr}, func() {}, nil
+		return runckit.Stdio{StdinPath: tio.stdin, StdoutPath: tio.stdout, StderrPath: tio.stderr, LogNamespace: ns}, func() {}, nil
 	}
 	if tio.stderr != "" {
 		// containerd names a stderr FIFO for a terminal too; a terminal has
