@@ -118,7 +118,10 @@ func (p *Process) Pid() int {
 	return p.pid
 }
 
-// Status reports the process's state.
+// Status reports the process's state. Init reports running (or paused)
+// after it died while its exit is held back for execs (DESIGN.md rule 1:
+// execs' exits first), and stopped once its exit event is published: a
+// caller who sees stopped can Wait for the exit without blocking.
 func (p *Process) Status() Status {
 	p.c.mu.Lock()
 	defer p.c.mu.Unlock()
@@ -131,6 +134,16 @@ func (p *Process) Status() Status {
 		}
 		return StatusRunning
 	case stateExited:
+		if p == p.c.init && p.c.initPending {
+			// Init has died but its exit is held back for execs still
+			// starting or running: until its exit event, it is running to
+			// callers (as to containerd's shim), so that a caller who sees
+			// stopped can Wait for the exit at once.
+			if p.c.freeze == frozen || p.c.freeze == thawing {
+				return StatusPaused
+			}
+			return StatusRunning
+		}
 		return StatusStopped
 	}
 	return StatusDeleted

@@ -1,0 +1,66 @@
+package runckit_test
+
+import (
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/runckit/runckit"
+	"github.com/runckit/runckit/internal/faultrunc"
+	"github.com/runckit/runckit/runckittest"
+)
+
+// TestInitStatusWhileItsExitIsHeld: once init has died while an exec is
+// still inside runc exec, init's exit is held back until that exec is
+// accounted for (rule: execs' exits first). Until then init reports
+// running, as containerd's runc shim does, so a caller that sees "stopped"
+// can always Wait for the exit at once; before, Status said stopped and a
+// Wait behind it blocked until the exec's start ended (containerd's
+// TestIssue10589 timed out in the shim's State).
+func TestInitStatusWhileItsExitIsHeld(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	rt := faultrunc.New(t)
+	e := newEnv(t)
+	c := e.sleeper(ctx, runckit.WithRuntime(rt.Path))
+	pid := c.Init().Pid()
+	rt.Set(t, "exec", faultrunc.Fault{Action: faultrunc.Stall})
+	p, err := c.Exec(ctx, "held", runckittest.ProcessSpec("true"), runckit.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- p.Start(ctx) }()
+	if err := rt.WaitStalled(ctx, "exec"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Init is reaped by runckit's watcher: its pid stops existing.
+	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil; {
+		if time.Now().After(deadline) {
+			t.Fatal("init not reaped within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // the watcher has handled the exit
+	if got := c.Init().Status(); got != runckit.StatusRunning {
+		t.Errorf("init while its exit is held: %s, want %s", got, runckit.StatusRunning)
+	}
+	if st, err := c.State(ctx); err != nil || st.Status != runckit.StatusRunning {
+		t.Errorf("State while init's exit is held = %v, %v; want running", st.Status, err)
+	}
+
+	rt.Set(t, "exec", faultrunc.Fault{Action: faultrunc.Fail, Message: "injected exec failure"})
+	rt.Release("exec")
+	if err := <-started; err == nil {
+		t.Error("exec started after init died")
+	}
+	st, err := c.Wait(ctx)
+	if err != nil || st.Signal != syscall.SIGKILL {
+		t.Fatalf("init Wait = %v, %v; want SIGKILL", st, err)
+	}
+	if got := c.Init().Status(); got != runckit.StatusStopped {
+		t.Errorf("init after its exit event: %s, want %s", got, runckit.StatusStopped)
+	}
+}
