@@ -12,7 +12,7 @@ import (
 
 // TestInitStatusWhileItsExitIsHeld: once init has died while an exec is
 // still inside runc exec, init's exit is held back until that exec is
-// accounted for (rule: execs' exits first). Until then init reports
+// accounted for (rule 2: execs' exits first). Until then init reports
 // running, as containerd's runc shim does, so a caller that sees "stopped"
 // can always Wait for the exit at once; before, Status said stopped and a
 // Wait behind it blocked until the exec's start ended (containerd's

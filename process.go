@@ -119,7 +119,7 @@ func (p *Process) Pid() int {
 }
 
 // Status reports the process's state. Init reports running (or paused)
-// after it died while its exit is held back for execs (DESIGN.md rule 1:
+// after it died while its exit is held back for execs (DESIGN.md rule 2:
 // execs' exits first), and stopped once its exit event is published: a
 // caller who sees stopped can Wait for the exit without blocking.
 func (p *Process) Status() Status {
