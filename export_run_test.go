@@ -12,3 +12,11 @@ func SetRecordWriteHook(t interface{ Cleanup(func()) }, hook func()) {
 	recordWriteHook = hook
 	t.Cleanup(func() { recordWriteHook = nil })
 }
+
+// InitExitHeld reports whether init has died and its exit is held back for
+// execs (Status still says running then).
+func (c *Container) InitExitHeld() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.initPending
+}

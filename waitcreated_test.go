@@ -154,7 +154,7 @@ func TestExecReservedWhileInitExitIsHeld(t *testing.T) {
 	if err := syscall.Kill(c.Init().Pid(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for c.Init().Status() != runckit.StatusStopped {
+	for !c.InitExitHeld() {
 		if ctx.Err() != nil {
 			t.Fatal("init not seen to exit")
 		}
