@@ -7,11 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
@@ -464,29 +461,17 @@ func (c *Container) settleExecve() {
 		return
 	}
 	t := phase.Begin()
-	awaitExecveFd(pid, fd)
+	awaitExecve(pid, func() bool {
+		// Exited (or the pidfd can not tell): its pid may be another's now.
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		return err != nil || n > 0
+	})
 	phase.End(phase.AwaitExecve, t)
 	unix.Close(fd)
 	c.mu.Lock()
 	c.execvePending = false
 	c.mu.Unlock()
-}
-
-// awaitExecveFd is awaitExecve for a pid that is only known to be the
-// process's while pidfd says it has not exited.
-func awaitExecveFd(pid, pidfd int) {
-	comm := "/proc/" + strconv.Itoa(pid) + "/comm"
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
-		name, err := os.ReadFile(comm)
-		if err != nil || !strings.HasPrefix(string(name), "runc:[") {
-			return
-		}
-		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		if n, err := unix.Poll(fds, 0); err != nil || n > 0 {
-			return // exited (or the pidfd can not tell): nothing to wait for
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
 }
 
 // ID returns the container's ID.

@@ -367,7 +367,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		c.saveRecord() // init's exit may have been waiting for this exec
 		return err
 	}
-	awaitExecve(pid)
+	awaitExecve(pid, func() bool { return isZombie(pid) }) // unreaped: the pid is its own
 	pidfd, perr := openPidfd(pid)
 
 	c.mu.Lock()
@@ -571,12 +571,14 @@ func reapStray(pidFile string, kill bool) {
 // awaitExecve waits, briefly, until pid runs the user's program. runc exec
 // and runc start can return while the process is still runc:[2:INIT],
 // which does not act on most signals yet: a Kill right after Start would be
-// lost. The pid is safe to read: the process is unreaped.
-func awaitExecve(pid int) {
+// lost. exited tells whether the process is gone; what was read of pid
+// counts only if exited still says no after the read.
+func awaitExecve(pid int, exited func() bool) {
 	comm := "/proc/" + strconv.Itoa(pid) + "/comm"
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
 		name, err := os.ReadFile(comm)
-		if err != nil || !strings.HasPrefix(string(name), "runc:[") || isZombie(pid) {
+		// Asked after the read: the name read was the process's own.
+		if exited() || err != nil || !strings.HasPrefix(string(name), "runc:[") {
 			return
 		}
 		time.Sleep(200 * time.Microsecond)
