@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/cgroups/v3"
@@ -104,9 +106,24 @@ type containerCgroup interface {
 type oomSource interface {
 	// oomKills reads the cgroup's OOM kill counter.
 	oomKills() (uint64, error)
-	// oomNotifier returns an fd that becomes readable when the OOM
-	// counter may have changed, and how to drain it.
-	oomNotifier() (fd int, drain func(), err error)
+	// oomNotifier returns the fd that tells when the OOM counter may have
+	// changed.
+	oomNotifier() (oomNotice, error)
+}
+
+// oomNotice is an OOM notifier fd and what goes with it.
+type oomNotice struct {
+	fd     int
+	events uint32 // what the fd reports a notice as
+	drain  func() // consumes a notice
+	// kills reads the counter through fd, sparing an open of the file,
+	// which costs milliseconds while many of the cgroup's processes die;
+	// nil when fd is not the counter's file.
+	kills func() (uint64, error)
+	// beforeKill is true when a notice is raised, synchronously, before
+	// the kernel counts an OOM kill it announces (v1); v2's notices are
+	// rate limited and may come after.
+	beforeKill bool
 }
 
 // loadCgroup finds the cgroup of pid on this host's hierarchy, for Stats.
@@ -176,28 +193,30 @@ func (g *memoryCgroupV1) oomKills() (uint64, error) {
 }
 
 // oomNotifier registers an eventfd for memory.oom_control through
-// cgroup.event_control: the v1 way. The kernel also signals it when the
-// cgroup is removed, which the counter check tells apart.
-func (g *memoryCgroupV1) oomNotifier() (int, func(), error) {
+// cgroup.event_control: the v1 way. The kernel signals it when an OOM
+// starts, before the kill, and when the cgroup is removed, which the
+// counter check tells apart.
+func (g *memoryCgroupV1) oomNotifier() (oomNotice, error) {
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		return -1, nil, fmt.Errorf("eventfd: %w", err)
+		return oomNotice{}, fmt.Errorf("eventfd: %w", err)
 	}
 	control, err := os.Open(filepath.Join(g.dir, "memory.oom_control"))
 	if err != nil {
 		unix.Close(efd)
-		return -1, nil, err
+		return oomNotice{}, err
 	}
 	defer control.Close() // the registration holds its own reference
 	reg := fmt.Sprintf("%d %d", efd, control.Fd())
 	if err := os.WriteFile(filepath.Join(g.dir, "cgroup.event_control"), []byte(reg), 0); err != nil {
 		unix.Close(efd)
-		return -1, nil, fmt.Errorf("register OOM eventfd: %w", err)
+		return oomNotice{}, fmt.Errorf("register OOM eventfd: %w", err)
 	}
-	return efd, func() {
+	drain := func() {
 		var buf [8]byte
 		unix.Read(efd, buf[:])
-	}, nil
+	}
+	return oomNotice{fd: efd, events: unix.EPOLLIN, drain: drain, beforeKill: true}, nil
 }
 
 func statsFromV1(m *v1stats.Metrics) *Stats {
@@ -271,24 +290,16 @@ func (g *memoryCgroupV2) oomKills() (uint64, error) {
 	return readKeyedCounter(filepath.Join(g.dir, "memory.events"), "oom_kill")
 }
 
-// oomNotifier watches memory.events with inotify: the v2 way.
-func (g *memoryCgroupV2) oomNotifier() (int, func(), error) {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+// oomNotifier opens memory.events, which reports a change as EPOLLPRI
+// (and stays readable): the v2 way. Reading the file clears the notice,
+// and the open fd serves every later read of the counter.
+func (g *memoryCgroupV2) oomNotifier() (oomNotice, error) {
+	fd, err := unix.Open(filepath.Join(g.dir, "memory.events"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, nil, fmt.Errorf("inotify_init1: %w", err)
+		return oomNotice{}, fmt.Errorf("open %s/memory.events: %w", g.dir, err)
 	}
-	if _, err := unix.InotifyAddWatch(fd, filepath.Join(g.dir, "memory.events"), unix.IN_MODIFY); err != nil {
-		unix.Close(fd)
-		return -1, nil, fmt.Errorf("watch %s/memory.events: %w", g.dir, err)
-	}
-	return fd, func() {
-		buf := make([]byte, 4096)
-		for {
-			if n, _ := unix.Read(fd, buf); n <= 0 {
-				return
-			}
-		}
-	}, nil
+	kills := func() (uint64, error) { return preadKeyedCounter(fd, "oom_kill") }
+	return oomNotice{fd: fd, events: unix.EPOLLPRI, drain: func() { kills() }, kills: kills}, nil
 }
 
 func statsFromV2(m *v2stats.Metrics) *Stats {
@@ -332,6 +343,21 @@ func readKeyedCounter(path, key string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return keyedCounter(data, path, key)
+}
+
+// preadKeyedCounter is readKeyedCounter on an open cgroup file, read from
+// its start.
+func preadKeyedCounter(fd int, key string) (uint64, error) {
+	var buf [1024]byte
+	n, err := unix.Pread(fd, buf[:], 0)
+	if err != nil {
+		return 0, fmt.Errorf("read fd %d: %w", fd, err)
+	}
+	return keyedCounter(buf[:n], "fd "+strconv.Itoa(fd), key)
+}
+
+func keyedCounter(data []byte, path, key string) (uint64, error) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -349,13 +375,16 @@ var oomLoop epoll.Loop
 // notifier only says "look": the kill counter is the truth, read again
 // before init's exit is published so an OOM is never reported after it.
 type oomWatch struct {
-	c     *Container
-	cg    oomSource
-	drain func()
+	c  *Container
+	cg oomSource
 
-	mu     sync.Mutex // guards fd and closed against the loop's handler
-	fd     int
+	mu     sync.Mutex // guards notice and closed against the loop's handler
+	notice oomNotice  // fd -1 until start has registered it
 	closed bool
+
+	// pending counts notices being looked into (onNotify to its last
+	// check): the notifier fd, drained, no longer shows them.
+	pending atomic.Int32
 
 	seen uint64 // kills already published; guarded by c.mu
 }
@@ -374,7 +403,7 @@ func (c *Container) newOOMWatch(pid int) *oomWatch {
 // newOOMWatchOn prepares OOM watching on cg, found by a caller that made
 // sure it is the container's (adoption, where init is not our child).
 func (c *Container) newOOMWatchOn(cg oomSource) *oomWatch {
-	w := &oomWatch{c: c, cg: cg, fd: -1}
+	w := &oomWatch{c: c, cg: cg, notice: oomNotice{fd: -1}}
 	w.seen, _ = cg.oomKills()
 	return w
 }
@@ -385,35 +414,77 @@ func (w *oomWatch) start() {
 	if w == nil {
 		return
 	}
-	fd, drain, err := w.cg.oomNotifier()
+	n, err := w.cg.oomNotifier()
 	if err != nil {
 		return // the exit-time checks still work
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
-		unix.Close(fd)
+		unix.Close(n.fd)
 		return
 	}
-	w.fd, w.drain = fd, drain
-	if err := oomLoop.Add(fd, w.onNotify); err != nil {
-		unix.Close(fd)
-		w.fd = -1
+	if err := oomLoop.AddEvents(n.fd, n.events, w.onNotify); err != nil {
+		unix.Close(n.fd)
+		return
+	}
+	w.notice = n
+}
+
+// kills reads the OOM kill counter, through the notifier's fd when it can.
+func (w *oomWatch) kills() (uint64, error) {
+	w.mu.Lock()
+	if !w.closed && w.notice.kills != nil {
+		defer w.mu.Unlock()
+		return w.notice.kills()
+	}
+	w.mu.Unlock()
+	return w.cg.oomKills()
+}
+
+// mayHaveKilled reports whether an OOM kill may have been counted that no
+// event reports yet, short of reading the counter: false only where a
+// notice comes before every kill it announces (v1) and none is pending. A
+// kill that is not a memory cgroup's OOM (the whole host's) raises no
+// notice: callers ask only for processes that runckit SIGKILLed itself.
+func (w *oomWatch) mayHaveKilled() bool {
+	if w == nil {
+		return false
+	}
+	if w.pending.Load() > 0 {
+		return true
+	}
+	w.mu.Lock()
+	n := w.notice
+	w.mu.Unlock()
+	if n.fd < 0 || !n.beforeKill {
+		return true
+	}
+	fds := []unix.PollFd{{Fd: int32(n.fd), Events: int16(n.events)}}
+	for {
+		k, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err != nil || k > 0 || w.pending.Load() > 0
 	}
 }
 
 func (w *oomWatch) onNotify() {
+	w.pending.Add(1) // before the drain: mayHaveKilled sees one or the other
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
+		w.pending.Add(-1)
 		return
 	}
-	w.drain()
+	w.notice.drain()
 	w.mu.Unlock()
 	w.c.mu.Lock()
 	found := w.c.checkOOMLocked()
 	w.c.mu.Unlock()
 	if found {
+		w.pending.Add(-1)
 		w.c.saveRecord() // the record keeps the last event's Seq
 		return
 	}
@@ -423,6 +494,7 @@ func (w *oomWatch) onNotify() {
 		w.c.mu.Lock()
 		found := w.c.checkOOMLocked()
 		w.c.mu.Unlock()
+		w.pending.Add(-1)
 		if found {
 			w.c.saveRecord()
 		}
@@ -440,7 +512,7 @@ func (c *Container) checkOOMLocked() bool {
 	if w == nil || c.deleted {
 		return false
 	}
-	n, err := w.cg.oomKills()
+	n, err := w.kills()
 	if err != nil || n <= w.seen {
 		return false
 	}
@@ -460,9 +532,9 @@ func (w *oomWatch) close() {
 		return
 	}
 	w.closed = true
-	if w.fd >= 0 {
-		oomLoop.Remove(w.fd)
-		unix.Close(w.fd)
+	if w.notice.fd >= 0 {
+		oomLoop.Remove(w.notice.fd)
+		unix.Close(w.notice.fd)
 	}
 }
 

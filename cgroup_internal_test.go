@@ -2,7 +2,9 @@ package runckit
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -67,32 +69,84 @@ func TestCgroupV2StatsFromFiles(t *testing.T) {
 	}
 }
 
-// The v2 OOM notifier is inotify on memory.events: a write to the file
-// makes the fd readable, and drain empties it.
+// The v2 OOM notifier is memory.events itself: the kernel reports a change
+// as EPOLLPRI (TestKernfsChangeIsEPOLLPRI shows it on a real cgroup), and
+// the counter is read through the same fd, from its start, however often.
 func TestCgroupV2OOMNotifier(t *testing.T) {
 	mnt, group := fakeCgroup2(t)
 	cg := &memoryCgroupV2{dir: filepath.Join(mnt, group)}
-	fd, drain, err := cg.oomNotifier()
+	n, err := cg.oomNotifier()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	if readable(fd) {
-		t.Fatal("notifier readable before any change")
+	defer unix.Close(n.fd)
+	if n.events != unix.EPOLLPRI || n.beforeKill || n.kills == nil {
+		t.Fatalf("notice = events %#x beforeKill %v kills %v; want EPOLLPRI, false, a reader", n.events, n.beforeKill, n.kills != nil)
+	}
+	if k, err := n.kills(); err != nil || k != 1 {
+		t.Fatalf("kills through the fd = %d, %v; want 1", k, err)
 	}
 	events := filepath.Join(mnt, group, "memory.events")
 	if err := os.WriteFile(events, []byte("oom 2\noom_kill 2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if !readable(fd) {
-		t.Fatal("notifier not readable after memory.events changed")
+	for i := 0; i < 2; i++ {
+		if k, err := n.kills(); err != nil || k != 2 {
+			t.Errorf("kills through the fd, read %d = %d, %v; want 2", i+1, k, err)
+		}
 	}
-	drain()
-	if readable(fd) {
-		t.Error("notifier still readable after drain")
+}
+
+// A cgroup v2 file that the kernel notifies (memory.events, cgroup.events)
+// reports the change as EPOLLPRI on an fd opened before it, and reading
+// the file clears it: what the v2 OOM notice relies on. cgroup.events is
+// used because the populated flag can be changed without an OOM.
+func TestKernfsChangeIsEPOLLPRI(t *testing.T) {
+	root := "/sys/fs/cgroup/unified"
+	if isUnifiedHost() {
+		root = unifiedMountpoint
 	}
-	if n, _ := cg.oomKills(); n != 2 {
-		t.Errorf("oomKills = %d, want 2", n)
+	if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
+		t.Skipf("no cgroup v2 hierarchy at %s: %v", root, err)
+	}
+	dir, err := os.MkdirTemp(root, "runckit-kernfs-test-")
+	if err != nil {
+		t.Skipf("can not make a cgroup under %s: %v", root, err)
+	}
+	defer os.Remove(dir)
+	fd, err := unix.Open(filepath.Join(dir, "cgroup.events"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	pri := func() bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLPRI}}
+		n, _ := unix.Poll(fds, int((2 * time.Second).Milliseconds()))
+		return n == 1 && fds[0].Revents&unix.POLLPRI != 0
+	}
+	sleep := exec.Command("sleep", "100")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleep.Process.Kill(); sleep.Wait() }()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(sleep.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if !pri() {
+		t.Fatal("no EPOLLPRI after the cgroup became populated")
+	}
+	var buf [256]byte
+	if _, err := unix.Pread(fd, buf[:], 0); err != nil {
+		t.Fatal(err)
+	}
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLPRI}}
+	if n, _ := unix.Poll(fds, 0); n != 0 && fds[0].Revents&unix.POLLPRI != 0 {
+		t.Fatal("EPOLLPRI still reported after the file was read")
+	}
+	sleep.Process.Kill()
+	sleep.Wait()
+	if !pri() {
+		t.Fatal("no EPOLLPRI after the cgroup became empty")
 	}
 }
 
@@ -141,5 +195,67 @@ func TestUnifiedHostStatsPath(t *testing.T) {
 	}
 	if _, err := cg.stats(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// fakeOOMSource announces notices on an eventfd the test writes, as v1's
+// cgroup.event_control registration does when an OOM starts.
+type fakeOOMSource struct{ efd int }
+
+func (f *fakeOOMSource) oomKills() (uint64, error) { return 0, nil }
+func (f *fakeOOMSource) oomNotifier() (oomNotice, error) {
+	fd, err := unix.FcntlInt(uintptr(f.efd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return oomNotice{}, err
+	}
+	drain := func() {
+		var buf [8]byte
+		unix.Read(fd, buf[:])
+	}
+	return oomNotice{fd: fd, events: unix.EPOLLIN, drain: drain, beforeKill: true}, nil
+}
+
+// Where notices come before the kills they announce (v1), a SIGKILL exit
+// skips the kill counter only while no notice is waiting or being looked
+// into; before the notifier is armed, and on v2, it never skips.
+func TestOOMMayHaveKilled(t *testing.T) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	w := (&Container{}).newOOMWatchOn(&fakeOOMSource{efd: efd})
+	if !w.mayHaveKilled() {
+		t.Error("no notifier yet: mayHaveKilled = false, want true")
+	}
+	n, err := w.cg.oomNotifier()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.notice = n // armed, but not in the loop: the test plays its part
+	defer unix.Close(n.fd)
+	if w.mayHaveKilled() {
+		t.Error("no notice: mayHaveKilled = true, want false")
+	}
+	unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	if !w.mayHaveKilled() {
+		t.Error("notice waiting: mayHaveKilled = false, want true")
+	}
+	w.pending.Add(1) // onNotify, before its drain
+	n.drain()
+	if !w.mayHaveKilled() {
+		t.Error("notice drained but not yet checked: mayHaveKilled = false, want true")
+	}
+	w.pending.Add(-1)
+	if w.mayHaveKilled() {
+		t.Error("notice checked: mayHaveKilled = true, want false")
+	}
+	w.notice.beforeKill = false
+	if !w.mayHaveKilled() {
+		t.Error("notices that may follow the kill (v2): mayHaveKilled = false, want true")
+	}
+	var nilWatch *oomWatch
+	if nilWatch.mayHaveKilled() {
+		t.Error("no memory cgroup: mayHaveKilled = true, want false")
 	}
 }

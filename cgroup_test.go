@@ -92,3 +92,45 @@ func TestOOMNotifierWhileInitLives(t *testing.T) {
 		t.Errorf("init status = %s, want running", st.Status)
 	}
 }
+
+// An exec that the OOM killer takes has its oom event published before its
+// exit event, like init's; and an exec runckit SIGKILLs itself, with no OOM
+// about, exits with no oom event. The second is the fast path that skips the
+// kill counter (exits.go, oomMayExplainLocked); the first shows the skip is
+// not taken for a SIGKILL runckit did not send.
+func TestOOMEventBeforeExecExit(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	spec := runckittest.Spec(t, "sleep", "100000")
+	limit := int64(32 << 20)
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}
+	c := e.create(ctx, spec)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	killed := runExec(t, ctx, c, "killed", "sleep", "100000")
+	if err := killed.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := killed.Wait(ctx); err != nil || st.Signal != syscall.SIGKILL {
+		t.Fatalf("killed exec = %v, %v; want SIGKILL", st, err)
+	}
+	hog := runExec(t, ctx, c, "hog", "awk", `BEGIN { s = "x"; for (i = 0; i < 28; i++) s = s s; print length(s) }`)
+	if st, err := hog.Wait(ctx); err != nil || st.Signal != syscall.SIGKILL {
+		t.Fatalf("hog = %v, %v; want killed by the OOM killer", st, err)
+	}
+	if err := c.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkOrder(t, e.rec.Events())
+	want := "create start exec-added:killed exec-started:killed exit:killed exec-added:hog exec-started:hog oom exit:hog exit delete"
+	if got := kinds(e.rec.Events()); got != want {
+		t.Errorf("events =\n%s\nwant\n%s", got, want)
+	}
+}

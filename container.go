@@ -453,7 +453,7 @@ func (c *Container) settleExecve() {
 		return
 	}
 	pid, fd := c.init.pid, -1
-	if h := c.init.pidfd; h != nil && h.fd >= 0 {
+	if h := c.init.pidfd; h.open() {
 		fd, _ = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
 	}
 	c.mu.Unlock()

@@ -21,7 +21,7 @@ const (
 	EventExit                             // a process exited; Status says how
 	EventPause                            // the container's processes were frozen
 	EventResume                           // the container's processes were thawed
-	EventOOM                              // the OOM killer ended a process of the container's cgroup (before init's exit)
+	EventOOM                              // the OOM killer ended a process of the container's cgroup (before init's exit and the victim's)
 	EventDelete                           // the container was deleted; always the last event
 )
 

@@ -78,9 +78,9 @@ type watch struct {
 	pid    int
 	pidfd  int
 	onExit func(ExitStatus)
-	// owners is set when the pidfd is shared with a Process's pidfdHandle
-	// (watchHandle): whichever of the two lets go last closes it.
-	owners *atomic.Int32
+	// handle is set when the pidfd is a Process's pidfdHandle (watchHandle):
+	// the watch holds a reference to it instead of owning the fd.
+	handle *pidfdHandle
 }
 
 var (
@@ -163,11 +163,11 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 // both the watcher (after onExit returns) and the handle (closed by the
 // exit handler) have let go.
 func (w *pidfdWatcher) watchHandle(h *pidfdHandle, pid int, onExit func(ExitStatus)) error {
-	owners := h.share()
+	h.share()
 	orphans.trackSession(pid)
-	if err := w.addWatchShared(h.fd, pid, onExit, owners); err != nil {
+	if err := w.addWatchShared(h.fd, pid, onExit, h); err != nil {
 		orphans.endSession(pid)
-		h.unshare()
+		h.release()
 		return err
 	}
 	return nil
@@ -181,7 +181,7 @@ type handleWatcher interface {
 
 // watchProcess has watcher watch pid, through h when the watcher can.
 func watchProcess(watcher ExitWatcher, h *pidfdHandle, pid int, onExit func(ExitStatus)) error {
-	if hw, ok := watcher.(handleWatcher); ok && h != nil && h.fd >= 0 {
+	if hw, ok := watcher.(handleWatcher); ok && h.open() {
 		return hw.watchHandle(h, pid, onExit)
 	}
 	return watcher.Watch(pid, onExit)
@@ -209,11 +209,11 @@ func (w *pidfdWatcher) addWatch(fd, pid int, onExit func(ExitStatus)) error {
 	return w.addWatchShared(fd, pid, onExit, nil)
 }
 
-// addWatchShared is addWatch for a pidfd the watcher owns (owners nil) or
+// addWatchShared is addWatch for a pidfd the watcher owns (handle nil) or
 // shares. A shared pidfd is never closed here on failure: its handle keeps it.
-func (w *pidfdWatcher) addWatchShared(fd, pid int, onExit func(ExitStatus), owners *atomic.Int32) error {
+func (w *pidfdWatcher) addWatchShared(fd, pid int, onExit func(ExitStatus), handle *pidfdHandle) error {
 	closeFd := func() {
-		if owners == nil {
+		if handle == nil {
 			unix.Close(fd)
 		}
 	}
@@ -240,7 +240,7 @@ func (w *pidfdWatcher) addWatchShared(fd, pid int, onExit func(ExitStatus), owne
 		}
 		return fmt.Errorf("runckit: epoll_ctl add pidfd of %d: %w", pid, err)
 	}
-	w.watches[int32(fd)] = &watch{pid: pid, pidfd: fd, onExit: onExit, owners: owners}
+	w.watches[int32(fd)] = &watch{pid: pid, pidfd: fd, onExit: onExit, handle: handle}
 	w.pids[pid]++
 	if startLoop {
 		go w.loop(w.epfd)
@@ -253,6 +253,33 @@ func (w *pidfdWatcher) watching(pid int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.pids[pid] > 0
+}
+
+// dropWatchedFds filters fds, in place, down to those w does not watch
+// through.
+func (w *pidfdWatcher) dropWatchedFds(fds []int) []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	kept := fds[:0]
+	for _, fd := range fds {
+		if w.watches[int32(fd)] == nil {
+			kept = append(kept, fd)
+		}
+	}
+	return kept
+}
+
+// dropWatched filters pids, in place, down to those w does not watch.
+func (w *pidfdWatcher) dropWatched(pids []int) []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	kept := pids[:0]
+	for _, pid := range pids {
+		if w.pids[pid] == 0 {
+			kept = append(kept, pid)
+		}
+	}
+	return kept
 }
 
 func (w *pidfdWatcher) loop(epfd int) {
@@ -274,7 +301,7 @@ func (w *pidfdWatcher) loop(epfd int) {
 		}
 		w.mu.Unlock()
 		idle := false
-		for i, wt := range ready {
+		for _, wt := range ready {
 			// Reap before forgetting: a reaping watcher must see a pid as
 			// watched until it has been reaped here. Report each exit as
 			// soon as it is reaped, outside the lock (onExit takes
@@ -283,15 +310,14 @@ func (w *pidfdWatcher) loop(epfd int) {
 			orphans.endSession(wt.pid)
 			idle = w.forget(epfd, wt)
 			wt.onExit(st)
-			if wt.owners != nil && wt.owners.Add(-1) == 0 {
-				unix.Close(wt.pidfd) // the handle let go first
+			if wt.handle != nil {
+				wt.handle.release()
 			}
-			if i < len(ready)-1 {
-				// Let the delivery goroutines this exit may have started
-				// run now: made here, they would wait behind the rest of
-				// the batch on this P.
-				runtime.Gosched()
-			}
+			// Let the delivery goroutine this exit may have started run
+			// now: made here, it would wait behind the rest of the batch
+			// on this P, or, after the last exit, until the runtime takes
+			// the P back from this goroutine blocked in epoll_wait.
+			runtime.Gosched()
 		}
 		if idle {
 			return
@@ -310,7 +336,7 @@ func (w *pidfdWatcher) forget(epfd int, wt *watch) (idle bool) {
 		delete(w.pids, wt.pid)
 	}
 	unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
-	if wt.owners == nil {
+	if wt.handle == nil {
 		unix.Close(wt.pidfd)
 	}
 	if len(w.watches) == 0 {
@@ -362,6 +388,7 @@ func (c *Container) execDoneLocked() {
 func (c *Container) killExecsLocked() {
 	for _, p := range c.execs {
 		if p.state == stateRunning {
+			p.sigkilled = true
 			p.pidfd.signal(syscall.SIGKILL)
 		}
 	}
@@ -426,11 +453,10 @@ func processCgroups(pid int) []cgroupDir {
 }
 
 func (c *Container) publishExitLocked(p *Process) {
-	if p == c.init || p.status.Signal == syscall.SIGKILL {
+	if c.oomMayExplainLocked(p) {
 		// The kernel counts an OOM kill before the victim dies: an OOM
 		// that killed this process is always seen here, and published
-		// before its exit. Init's exit looks too, for kills of processes
-		// runckit does not track.
+		// before its exit.
 		c.checkOOMLocked()
 	}
 	c.publishLocked(Event{Kind: EventExit, ExecID: p.id, Pid: p.pid, Status: p.status})
@@ -439,6 +465,22 @@ func (c *Container) publishExitLocked(p *Process) {
 	} else {
 		p.finish(p.io) // nothing to wait for: no goroutine per exit
 	}
+}
+
+// oomMayExplainLocked reports whether p's exit must wait for a look at the
+// OOM kill counter. Init's always does, for kills of processes runckit
+// does not track. An exec's does when it died of SIGKILL, unless runckit
+// sent that SIGKILL itself and no OOM notice is pending: a burst of
+// Kill(SIGKILL) then costs no read of a cgroup file per exit, which takes
+// milliseconds while the cgroup's processes die.
+func (c *Container) oomMayExplainLocked(p *Process) bool {
+	if p == c.init {
+		return true
+	}
+	if p.status.Signal != syscall.SIGKILL {
+		return false
+	}
+	return !p.sigkilled || c.oom.mayHaveKilled()
 }
 
 // siginfoChild is the SIGCHLD view of siginfo_t on Linux (64-bit layout):
@@ -484,49 +526,71 @@ func statusFromSiginfo(code, status int32, at time.Time) ExitStatus {
 
 // pidfdHandle is a pidfd held by a Process for signalling: a signal sent
 // through it can only reach that process, never a later user of its pid.
+//
+// The fd is reference counted, so that a signal need not hold the container
+// lock across pidfd_send_signal (a SIGKILL wakes its target, and the
+// sender's thread may be preempted there): the handle itself, a watcher
+// that watches through it (share) and each signal in flight hold a
+// reference, and the last to let go closes fd.
 type pidfdHandle struct {
-	fd int
-	// owners counts the holders of fd when the default watcher watches
-	// through it too (watchHandle); nil when the handle alone owns it.
-	owners *atomic.Int32
+	fd       int          // set once, valid while refs > 0
+	refs     atomic.Int32 // references to fd
+	released atomic.Bool  // close has dropped the handle's own reference
 }
-
-// share makes the watcher a second owner of the pidfd. It is called before
-// the handle is registered with the watcher, by the goroutine that made it.
-func (h *pidfdHandle) share() *atomic.Int32 {
-	h.owners = new(atomic.Int32)
-	h.owners.Store(2)
-	return h.owners
-}
-
-// unshare undoes share when the watch could not be registered.
-func (h *pidfdHandle) unshare() { h.owners = nil }
 
 func openPidfd(pid int) (*pidfdHandle, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("runckit: pidfd_open(%d): %w", pid, os.NewSyscallError("pidfd_open", err))
 	}
-	return &pidfdHandle{fd: fd}, nil
+	h := &pidfdHandle{fd: fd}
+	h.refs.Store(1)
+	return h, nil
 }
 
-// signal sends sig through the pidfd; without one (nil, or closed after
-// the exit was handled) the process is gone: ESRCH.
+// share gives a watcher its own reference to the pidfd, dropped with
+// release once the watch is over.
+func (h *pidfdHandle) share() { h.refs.Add(1) }
+
+// acquire takes a reference unless the fd is already closed.
+func (h *pidfdHandle) acquire() bool {
+	for {
+		n := h.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if h.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// release drops a reference; the last one closes the fd.
+func (h *pidfdHandle) release() {
+	if h.refs.Add(-1) == 0 {
+		unix.Close(h.fd)
+	}
+}
+
+// open reports whether the handle has not been closed: its fd may then be
+// used (duplicated, polled) by a caller that holds the lock close is called
+// under.
+func (h *pidfdHandle) open() bool { return h != nil && !h.released.Load() }
+
+// signal sends sig through the pidfd; once the handle is closed (the exit
+// was handled) the process is gone: ESRCH. It needs no lock.
 func (h *pidfdHandle) signal(sig syscall.Signal) error {
-	if h == nil || h.fd < 0 {
+	if !h.open() || !h.acquire() {
 		return syscall.ESRCH
 	}
+	defer h.release()
 	return unix.PidfdSendSignal(h.fd, sig, nil, 0)
 }
 
-// close lets go of the pidfd; it is closed once the watcher sharing it, if
-// any, has let go too.
+// close drops the handle's own reference; safe on nil and more than once.
 func (h *pidfdHandle) close() {
-	if h != nil && h.fd >= 0 {
-		if h.owners == nil || h.owners.Add(-1) == 0 {
-			unix.Close(h.fd)
-		}
-		h.fd = -1
+	if h != nil && h.released.CompareAndSwap(false, true) {
+		h.release()
 	}
 }
 

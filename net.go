@@ -149,7 +149,7 @@ func (c *Container) openNetns() (fd int, host bool, err error) {
 	}
 	pid := c.init.pid
 	pidfd := -1
-	if h := c.init.pidfd; h != nil && h.fd >= 0 {
+	if h := c.init.pidfd; h.open() {
 		// Duplicated under the lock, so the exit handler can not close it,
 		// and its number be reused, while we look.
 		var err error

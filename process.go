@@ -77,6 +77,7 @@ type Process struct {
 	status    ExitStatus
 	startTime uint64      // clock ticks since boot, for the record (WithStateDir)
 	heldExit  *ExitStatus // init's exit seen while runc start ran: published after the start event
+	sigkilled bool        // runckit sent it SIGKILL: its exit needs no OOM kill to explain it
 
 	// done is closed once the exit event is published and output drained;
 	// status and waitErr are final then.
@@ -222,13 +223,19 @@ func (p *Process) Kill(ctx context.Context, sig syscall.Signal) error {
 		return err
 	}
 	p.c.mu.Lock()
-	defer p.c.mu.Unlock()
 	if err := p.checkProcessLocked(opExecProcess, pKill); err != nil {
+		p.c.mu.Unlock()
 		return err
 	}
-	// Under the lock, so the pidfd can not be closed and its number reused
-	// by the exit handler meanwhile. pidfd_send_signal does not block.
-	if err := p.pidfd.signal(sig); err != nil {
+	h := p.pidfd
+	if sig == syscall.SIGKILL {
+		p.sigkilled = true
+	}
+	p.c.mu.Unlock()
+	// Outside the lock: a SIGKILL wakes its target, and a sender preempted
+	// there would hold up this container's exits. The handle keeps the
+	// pidfd open for the call, and it names this process only.
+	if err := h.signal(sig); err != nil {
 		if err == syscall.ESRCH {
 			return nil // exited, not yet reaped: the signal is moot
 		}
@@ -427,7 +434,7 @@ func (c *Container) initGone(wait time.Duration) bool {
 		return true
 	}
 	fd := -1
-	if h := c.init.pidfd; h != nil && h.fd >= 0 {
+	if h := c.init.pidfd; h.open() {
 		fd, _ = unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
 	}
 	ipcNS := "/proc/" + strconv.Itoa(c.init.pid) + "/ns/ipc"

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -165,16 +166,17 @@ func (r *orphanReaper) heldZombie(pid int) bool {
 	return r.holds[ns] > 0 || (r.holds[0] > 0 && !managed)
 }
 
-// watched reports whether a watcher watches pid.
-func (r *orphanReaper) watched(pid int) bool {
+// unwatched filters pids down to those no watcher watches. It takes each
+// lock once for the whole list: a lock per pid, contended by the watchers
+// in a burst of exits, made one pass over a thousand children cost a
+// hundred milliseconds.
+func (r *orphanReaper) unwatched(pids []int) []int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, w := range r.watchers {
-		if w.watching(pid) {
-			return true
-		}
+		pids = w.dropWatched(pids)
 	}
-	return false
+	return pids
 }
 
 func (r *orphanReaper) claim(pid int) {
@@ -201,13 +203,20 @@ func (r *orphanReaper) kick() {
 // loop runs for the life of the program, like the SIGCHLD handler it is.
 func (r *orphanReaper) loop() {
 	for range r.signals {
+		if !anyZombieChild() {
+			// Most SIGCHLDs are a watched child's, reaped by its watcher
+			// by now: no need to list every child.
+			r.pruneSessions()
+			continue
+		}
+		t0 := time.Now()
 		deferred := false
 		var self selfView
-		for _, pid := range childPids() {
-			// A watched child is its watcher's to reap: skip it before
-			// reading /proc, which for thousands of live containers would
-			// cost a file read each on every SIGCHLD.
-			if r.watched(pid) || !isZombie(pid) {
+		// A watched child is its watcher's to reap: drop it before reading
+		// /proc, which for thousands of live containers would cost a file
+		// read each on every SIGCHLD.
+		for _, pid := range r.unwatched(childPids()) {
+			if !isZombie(pid) {
 				continue
 			}
 			ok, held := r.reapable(pid, &self)
@@ -223,6 +232,31 @@ func (r *orphanReaper) loop() {
 			time.AfterFunc(orphanRescanDelay, r.kick)
 		}
 		r.pruneSessions()
+		// Listing the children costs the kernel time in their number, and
+		// a burst of exits kicks the loop again at once: rest as long as
+		// the pass took (at most orphanPassRest), so that with thousands of
+		// children the reaper takes at most half a CPU from the watchers.
+		// Kicks meanwhile make one pass.
+		time.Sleep(min(time.Since(t0), orphanPassRest))
+	}
+}
+
+// orphanPassRest bounds the reaper's rest after a pass.
+const orphanPassRest = 50 * time.Millisecond
+
+// anyZombieChild reports whether some child of this process has exited and
+// not been reaped, without reaping it. An error counts as yes.
+func anyZombieChild() bool {
+	var info siginfoChild
+	for {
+		err := unix.Waitid(unix.P_ALL, 0, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ECHILD) {
+			return false
+		}
+		return err != nil || info.Pid != 0
 	}
 }
 
@@ -254,7 +288,7 @@ func (r *orphanReaper) reapable(pid int, self *selfView) (ok, held bool) {
 	// The zombie was listed before the fds are read, and a pidfd made by
 	// clone exists before its child runs: a child that os/exec still waits
 	// for is always seen here.
-	if self.pidfdNames(pid) {
+	if self.pidfdNames(r, pid) {
 		return false, false
 	}
 	if reapAll || isRuncHelper(pid) || inManagedPIDNamespace(pid) {
@@ -306,27 +340,38 @@ func (s *selfView) sameNamespace(pid int) bool {
 
 // pidfdNames reports whether a pidfd open in this process names pid: an
 // os/exec child not yet waited for. When the fds can not be read every
-// pid counts as named, so nothing is taken on a guess.
-func (s *selfView) pidfdNames(pid int) bool {
+// pid counts as named, so nothing is taken on a guess. The callers have
+// dropped watched pids: the watchers' own pidfds name none of them and are
+// not read.
+func (s *selfView) pidfdNames(r *orphanReaper, pid int) bool {
 	if !s.fdsRead {
 		s.fdsRead = true
-		s.pidfds, s.fdsOK = pidfdPids()
+		s.pidfds, s.fdsOK = pidfdPids(r)
 	}
 	return !s.fdsOK || s.pidfds[pid]
 }
 
-// pidfdPids returns the pids named by the pidfds open in this process.
-func pidfdPids() (map[int]bool, bool) {
-	fds, err := os.ReadDir("/proc/self/fd")
+// pidfdPids returns the pids named by the pidfds open in this process,
+// leaving out the pidfds r's watchers watch through: with a thousand live
+// containers, reading each of theirs cost a hundred milliseconds a pass.
+func pidfdPids(r *orphanReaper) (map[int]bool, bool) {
+	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return nil, false
 	}
+	fds := make([]int, 0, len(entries))
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil {
+			fds = append(fds, fd)
+		}
+	}
 	pids := make(map[int]bool)
-	for _, fd := range fds {
-		if link, err := os.Readlink("/proc/self/fd/" + fd.Name()); err != nil || link != "anon_inode:[pidfd]" {
+	for _, fd := range r.unwatchedFds(fds) {
+		name := strconv.Itoa(fd)
+		if link, err := os.Readlink("/proc/self/fd/" + name); err != nil || link != "anon_inode:[pidfd]" {
 			continue
 		}
-		info, err := os.ReadFile("/proc/self/fdinfo/" + fd.Name())
+		info, err := os.ReadFile("/proc/self/fdinfo/" + name)
 		if err != nil {
 			continue // closed since the listing
 		}
@@ -339,6 +384,18 @@ func pidfdPids() (map[int]bool, bool) {
 		}
 	}
 	return pids, true
+}
+
+// unwatchedFds filters fds down to those no watcher watches through, under
+// one hold of each lock. A watched fd is closed only after its watch is
+// forgotten: one still in a watcher names a watched process.
+func (r *orphanReaper) unwatchedFds(fds []int) []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.watchers {
+		fds = w.dropWatchedFds(fds)
+	}
+	return fds
 }
 
 // trackSession notes, when pid is a session leader in this program's PID

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -531,6 +532,7 @@ type latencySink struct {
 	mu    sync.Mutex
 	want  int
 	lat   []time.Duration
+	pre   []time.Duration // reap to publication: the exit handler's share of lat
 	last  time.Time
 	done  chan struct{}
 	armed bool
@@ -547,6 +549,7 @@ func (s *latencySink) Send(ev runckit.Event) {
 		return
 	}
 	s.lat = append(s.lat, now.Sub(ev.Status.ExitedAt))
+	s.pre = append(s.pre, ev.Time.Sub(ev.Status.ExitedAt))
 	s.last = now
 	if len(s.lat) == s.want {
 		close(s.done)
@@ -555,7 +558,7 @@ func (s *latencySink) Send(ev runckit.Event) {
 
 func (s *latencySink) arm(want int) {
 	s.mu.Lock()
-	s.want, s.lat, s.done, s.armed = want, nil, make(chan struct{}), true
+	s.want, s.lat, s.pre, s.done, s.armed = want, nil, nil, make(chan struct{}), true
 	s.mu.Unlock()
 }
 
@@ -617,6 +620,8 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 	}
 	sink.mu.Lock()
 	lat := append([]time.Duration(nil), sink.lat...)
+	pre := append([]time.Duration(nil), sink.pre...)
+	log.Printf("  exit latency split: reap->publish p50 %v p99 %v max %v", percentile(pre, 50), percentile(pre, 99), percentile(pre, 100))
 	total := sink.last.Sub(t0)
 	sink.mu.Unlock()
 	for _, p := range ps {

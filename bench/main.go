@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -84,7 +85,17 @@ func main() {
 	flag.IntVar(&cfg.heavyRounds, "heavy-rounds", 0, "rounds of the exit-latency and scale measurements, run in the first rounds (default 1; each takes minutes at full size)")
 	flag.IntVar(&cfg.lcN, "lifecycles", 0, "lifecycles in lifecycle-seq and lifecycle-par (default 50 and 200)")
 	flag.IntVar(&cfg.latProcs, "latency-procs", 0, "live execs killed in the exit-latency burst (default 1000, 20 with -quick)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+	}
 
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -129,7 +140,9 @@ func main() {
 		cfg.latConts = cfg.latProcs
 	}
 
-	os.Exit(run(cfg))
+	code := run(cfg)
+	pprof.StopCPUProfile() // a no-op without -cpuprofile
+	os.Exit(code)
 }
 
 func setDefault(v *int, d int) {

@@ -27,6 +27,13 @@ type Loop struct {
 
 // Add registers fd. The fd must stay open until Remove has returned.
 func (l *Loop) Add(fd int, onReadable func()) error {
+	return l.AddEvents(fd, unix.EPOLLIN, onReadable)
+}
+
+// AddEvents is Add waiting for events instead of readability: EPOLLPRI for
+// a cgroup or kernfs file, which is always readable and reports a change
+// as EPOLLPRI.
+func (l *Loop) AddEvents(fd int, events uint32, onReady func()) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.running {
@@ -34,12 +41,12 @@ func (l *Loop) Add(fd int, onReadable func()) error {
 			return err
 		}
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.wakeIfEmptyLocked()
 		return fmt.Errorf("epoll_ctl add fd %d: %w", fd, err)
 	}
-	l.handlers[int32(fd)] = onReadable
+	l.handlers[int32(fd)] = onReady
 	return nil
 }
 
