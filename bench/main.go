@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +47,7 @@ type config struct {
 	heavyRounds int   // rounds of the exit-latency and scale measurements (the slowest)
 	parallel    int   // concurrency for setup and the scale creation
 	lcN         int   // -lifecycles: overrides lcSeq and lcPar
+	merge       bool  // -merge: records join those already in out
 	only        onlyFlag
 	readme      string // README whose results block is rewritten; "" for none
 }
@@ -85,6 +87,7 @@ func main() {
 	flag.IntVar(&cfg.heavyRounds, "heavy-rounds", 0, "rounds of the exit-latency and scale measurements, run in the first rounds (default 1; each takes minutes at full size)")
 	flag.IntVar(&cfg.lcN, "lifecycles", 0, "lifecycles in lifecycle-seq and lifecycle-par (default 50 and 200)")
 	flag.IntVar(&cfg.latProcs, "latency-procs", 0, "live execs killed in the exit-latency burst (default 1000, 20 with -quick)")
+	flag.BoolVar(&cfg.merge, "merge", false, "merge the records into -out (same measurement and size replaced) instead of overwriting it, e.g. -only scale-create -scale 5000 -merge")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -193,6 +196,14 @@ func run(cfg config) (code int) {
 	elapsed := time.Since(start)
 	printTable(os.Stdout, res)
 	fmt.Printf("\n%d round(s), %s total\n", cfg.rounds, elapsed.Round(time.Second))
+	if cfg.merge && len(res.records) > 0 {
+		merged, merr := mergeResults(cfg.out, res.records)
+		if merr != nil {
+			log.Print(merr)
+			return 1
+		}
+		res.records = merged
+	}
 	if len(res.records) > 0 {
 		if werr := writeResults(cfg.out, res.records); werr != nil {
 			log.Print(werr)
@@ -264,6 +275,28 @@ type record struct {
 type burstPoint struct {
 	n              int
 	runckit, floor time.Duration
+}
+
+// mergeResults reads the records in path and puts recs among them: a
+// record of the same measurement and size is replaced, a new one appended.
+func mergeResults(path string, recs []record) ([]record, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-merge: %w", err)
+	}
+	var old []record
+	if err := json.Unmarshal(data, &old); err != nil {
+		return nil, fmt.Errorf("-merge: %s: %w", path, err)
+	}
+	for _, r := range recs {
+		i := slices.IndexFunc(old, func(o record) bool { return o.Name == r.Name && o.N == r.N })
+		if i >= 0 {
+			old[i] = r
+		} else {
+			old = append(old, r)
+		}
+	}
+	return old, nil
 }
 
 func writeResults(path string, recs []record) error {
