@@ -252,35 +252,26 @@ func (w *pidfdWatcher) addWatchShared(fd, pid int, onExit func(ExitStatus), hand
 func (w *pidfdWatcher) watching(pid int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.pids[pid] > 0
+	return watchesPid(w, pid)
 }
 
-// dropWatchedFds filters fds, in place, down to those w does not watch
-// through.
-func (w *pidfdWatcher) dropWatchedFds(fds []int) []int {
+// drop filters xs, in place, down to those known does not report, under
+// w.mu.
+func (w *pidfdWatcher) drop(xs []int, known func(w *pidfdWatcher, x int) bool) []int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	kept := fds[:0]
-	for _, fd := range fds {
-		if w.watches[int32(fd)] == nil {
-			kept = append(kept, fd)
+	kept := xs[:0]
+	for _, x := range xs {
+		if !known(w, x) {
+			kept = append(kept, x)
 		}
 	}
 	return kept
 }
 
-// dropWatched filters pids, in place, down to those w does not watch.
-func (w *pidfdWatcher) dropWatched(pids []int) []int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	kept := pids[:0]
-	for _, pid := range pids {
-		if w.pids[pid] == 0 {
-			kept = append(kept, pid)
-		}
-	}
-	return kept
-}
+// watchesPid and watchesFd tell drop what w watches; w.mu is held.
+func watchesPid(w *pidfdWatcher, pid int) bool { return w.pids[pid] > 0 }
+func watchesFd(w *pidfdWatcher, fd int) bool   { return w.watches[int32(fd)] != nil }
 
 func (w *pidfdWatcher) loop(epfd int) {
 	events := make([]unix.EpollEvent, 64)

@@ -166,17 +166,17 @@ func (r *orphanReaper) heldZombie(pid int) bool {
 	return r.holds[ns] > 0 || (r.holds[0] > 0 && !managed)
 }
 
-// unwatched filters pids down to those no watcher watches. It takes each
-// lock once for the whole list: a lock per pid, contended by the watchers
-// in a burst of exits, made one pass over a thousand children cost a
-// hundred milliseconds.
-func (r *orphanReaper) unwatched(pids []int) []int {
+// unwatched filters xs (pids, or fds with watchesFd) down to those no
+// watcher knows of, taking each lock once for the whole list: a lock per
+// pid, contended by the watchers in a burst of exits, made one pass over a
+// thousand children cost a hundred milliseconds.
+func (r *orphanReaper) unwatched(xs []int, known func(w *pidfdWatcher, x int) bool) []int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, w := range r.watchers {
-		pids = w.dropWatched(pids)
+		xs = w.drop(xs, known)
 	}
-	return pids
+	return xs
 }
 
 func (r *orphanReaper) claim(pid int) {
@@ -215,7 +215,7 @@ func (r *orphanReaper) loop() {
 		// A watched child is its watcher's to reap: drop it before reading
 		// /proc, which for thousands of live containers would cost a file
 		// read each on every SIGCHLD.
-		for _, pid := range r.unwatched(childPids()) {
+		for _, pid := range r.unwatched(childPids(), watchesPid) {
 			if !isZombie(pid) {
 				continue
 			}
@@ -366,7 +366,9 @@ func pidfdPids(r *orphanReaper) (map[int]bool, bool) {
 		}
 	}
 	pids := make(map[int]bool)
-	for _, fd := range r.unwatchedFds(fds) {
+	// A watched fd is closed only after its watch is forgotten: one still
+	// in a watcher names a watched process.
+	for _, fd := range r.unwatched(fds, watchesFd) {
 		name := strconv.Itoa(fd)
 		if link, err := os.Readlink("/proc/self/fd/" + name); err != nil || link != "anon_inode:[pidfd]" {
 			continue
@@ -384,18 +386,6 @@ func pidfdPids(r *orphanReaper) (map[int]bool, bool) {
 		}
 	}
 	return pids, true
-}
-
-// unwatchedFds filters fds down to those no watcher watches through, under
-// one hold of each lock. A watched fd is closed only after its watch is
-// forgotten: one still in a watcher names a watched process.
-func (r *orphanReaper) unwatchedFds(fds []int) []int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, w := range r.watchers {
-		fds = w.dropWatchedFds(fds)
-	}
-	return fds
 }
 
 // trackSession notes, when pid is a session leader in this program's PID
