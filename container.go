@@ -317,7 +317,7 @@ func newContainer(ctx context.Context, id, bundleDir string, restore *RestoreOpt
 	c.saveRecord()
 	phase.End(phase.Records, t)
 	t = phase.Begin()
-	err = watchProcess(watcher, c.init.pidfd, pid, c.init.onExit)
+	err = watchProcess(watcher, c.init, pid)
 	phase.End(phase.Watch, t)
 	if err != nil {
 		// The create event is out; keep the stream whole: exit, then delete.

@@ -94,14 +94,18 @@ func (discardSink) Send(Event) {}
 // eventQueue delivers one container's events to its sink in order. Publishing
 // appends to an unbounded in-memory queue and never blocks; a delivery
 // goroutine exists only while the queue is non-empty, so an idle container
-// costs no goroutine.
+// costs no goroutine. An exit handler may hold the queue while it publishes
+// and then deliver on its own goroutine (hold, release): an exit reaches the
+// sink without waiting for a new goroutine to be scheduled.
 type eventQueue struct {
 	sink EventSink
 
 	mu      sync.Mutex // guards the fields below
 	pending []Event
 	seq     uint64
-	running bool          // a delivery goroutine is draining pending
+	running bool          // a delivery goroutine, or the holder on release, drains pending
+	holds   int           // while > 0, publications start no goroutine: a holder delivers on release
+	owed    bool          // work arrived while held: the next release drains pending
 	closed  bool          // no more events will be accepted
 	idle    chan struct{} // closed when pending drains; replaced when work arrives
 }
@@ -150,9 +154,36 @@ func (q *eventQueue) publish(e Event) bool {
 	if !q.running {
 		q.running = true
 		q.idle = make(chan struct{})
-		go q.deliver()
+		if q.holds > 0 {
+			q.owed = true
+		} else {
+			go q.deliver()
+		}
 	}
 	return true
+}
+
+// hold makes publications queue without starting a delivery goroutine until
+// release. The caller must call release.
+func (q *eventQueue) hold() {
+	q.mu.Lock()
+	q.holds++
+	q.mu.Unlock()
+}
+
+// release ends a hold. If events arrived during a hold and no delivery
+// was under way, release delivers them, and any that follow, on the
+// calling goroutine until the queue is empty. The caller must hold no lock
+// a sink or a publisher could need.
+func (q *eventQueue) release() {
+	q.mu.Lock()
+	q.holds--
+	owed := q.owed
+	q.owed = false
+	q.mu.Unlock()
+	if owed {
+		q.deliver()
+	}
 }
 
 func (q *eventQueue) deliver() {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,6 +80,14 @@ type watch struct {
 	// handle is set when the pidfd is a Process's pidfdHandle (watchHandle):
 	// the watch holds a reference to it instead of owning the fd.
 	handle *pidfdHandle
+}
+
+// release lets go of the watch's reference to a shared pidfd, once its
+// callback has returned.
+func (wt *watch) release() {
+	if wt.handle != nil {
+		wt.handle.release()
+	}
 }
 
 var (
@@ -179,12 +186,15 @@ type handleWatcher interface {
 	watchHandle(h *pidfdHandle, pid int, onExit func(ExitStatus)) error
 }
 
-// watchProcess has watcher watch pid, through h when the watcher can.
-func watchProcess(watcher ExitWatcher, h *pidfdHandle, pid int, onExit func(ExitStatus)) error {
-	if hw, ok := watcher.(handleWatcher); ok && h.open() {
-		return hw.watchHandle(h, pid, onExit)
+// watchProcess has watcher watch p, whose pid is pid, through p's own pidfd
+// when the watcher can. runckit's own watcher runs exit callbacks under a
+// stall guard (loopGuard), so p's exit may be handed to the sink on its
+// goroutine; any other watcher's goroutine is never lent to the sink.
+func watchProcess(watcher ExitWatcher, p *Process, pid int) error {
+	if hw, ok := watcher.(handleWatcher); ok && p.pidfd.open() {
+		return hw.watchHandle(p.pidfd, pid, p.onExitInline)
 	}
-	return watcher.Watch(pid, onExit)
+	return watcher.Watch(pid, p.onExit)
 }
 
 // watchPidfd watches the process behind pidfd, which it owns from then on.
@@ -274,6 +284,7 @@ func watchesPid(w *pidfdWatcher, pid int) bool { return w.pids[pid] > 0 }
 func watchesFd(w *pidfdWatcher, fd int) bool   { return w.watches[int32(fd)] != nil }
 
 func (w *pidfdWatcher) loop(epfd int) {
+	g := newLoopGuard(w, epfd)
 	events := make([]unix.EpollEvent, 64)
 	for {
 		n, err := unix.EpollWait(epfd, events, -1)
@@ -291,7 +302,6 @@ func (w *pidfdWatcher) loop(epfd int) {
 			}
 		}
 		w.mu.Unlock()
-		idle := false
 		for _, wt := range ready {
 			// Reap before forgetting: a reaping watcher must see a pid as
 			// watched until it has been reaped here. Report each exit as
@@ -299,20 +309,63 @@ func (w *pidfdWatcher) loop(epfd int) {
 			// container locks).
 			st := reapPidfd(wt.pidfd)
 			orphans.endSession(wt.pid)
-			idle = w.forget(epfd, wt)
-			wt.onExit(st)
-			if wt.handle != nil {
-				wt.handle.release()
+			if w.forget(epfd, wt) {
+				// Nothing is left to watch and this loop ends: the
+				// callback holds up nothing else.
+				wt.onExit(st)
+				wt.release()
+				return
 			}
-			// Let the delivery goroutine this exit may have started run
-			// now: made here, it would wait behind the rest of the batch
-			// on this P, or, after the last exit, until the runtime takes
-			// the P back from this goroutine blocked in epoll_wait.
-			runtime.Gosched()
+			stayed := g.run(func() { wt.onExit(st) })
+			wt.release()
+			if !stayed {
+				return // a new loop took over; the rest of ready is still in epfd
+			}
 		}
-		if idle {
-			return
-		}
+	}
+}
+
+// callbackStall is how long an exit callback may run before the watcher's
+// loop is handed to a new goroutine. Callbacks deliver events to the sink
+// (onExitInline), and a sink may be slow: other processes' exits must not
+// wait behind it (DESIGN.md rule 5).
+const callbackStall = time.Millisecond
+
+// loopGuard hands a watcher's epoll loop to a new goroutine when an exit
+// callback outlasts callbackStall. The stalled goroutine finishes its
+// callback and then leaves the loop; the exits it had yet to handle are
+// still registered (level-triggered), so the new loop finds them.
+type loopGuard struct {
+	w     *pidfdWatcher
+	epfd  int
+	timer *time.Timer
+	// inCallback is set while this loop's goroutine runs a callback;
+	// whoever clears it first, the goroutine on return or the timer,
+	// decides whether the loop stays or moves.
+	inCallback atomic.Bool
+}
+
+func newLoopGuard(w *pidfdWatcher, epfd int) *loopGuard {
+	g := &loopGuard{w: w, epfd: epfd}
+	g.timer = time.AfterFunc(time.Hour, g.takeOver)
+	g.timer.Stop()
+	return g
+}
+
+// run runs fn and reports whether this goroutine still owns the loop.
+func (g *loopGuard) run(fn func()) (stayed bool) {
+	g.inCallback.Store(true)
+	g.timer.Reset(callbackStall)
+	fn()
+	g.timer.Stop()
+	return g.inCallback.CompareAndSwap(true, false)
+}
+
+// takeOver runs in the timer's goroutine: if the callback is still running,
+// this goroutine becomes the loop.
+func (g *loopGuard) takeOver() {
+	if g.inCallback.CompareAndSwap(true, false) {
+		g.w.loop(g.epfd)
 	}
 }
 

@@ -292,6 +292,76 @@ func TestSlowSinkBlocksNothing(t *testing.T) {
 	}
 }
 
+// A sink that blocks on an exit event, which runckit's watcher hands to the
+// sink on its own goroutine when the queue is idle, holds up no other
+// container's exit: the watcher's loop moves to a new goroutine.
+func TestSlowSinkAtExitBlocksNoOtherExit(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var got []runckit.Event
+	blocking := runckit.EventSinkFunc(func(ev runckit.Event) {
+		if ev.Kind == runckit.EventExit && ev.ExecID == "quick" {
+			<-release
+		}
+		mu.Lock()
+		got = append(got, ev)
+		mu.Unlock()
+	})
+	otherExit := make(chan runckit.Event, 1)
+	other := runckit.EventSinkFunc(func(ev runckit.Event) {
+		if ev.Kind == runckit.EventExit && ev.ExecID == "other" {
+			otherExit <- ev
+		}
+	})
+	slow := e.sleeper(ctx, runckit.WithEventSink(blocking))
+	fast := e.sleeper(ctx, runckit.WithEventSink(other))
+	run := func(c *runckit.Container, id string) {
+		t.Helper()
+		p, err := c.Exec(ctx, id, runckittest.ProcessSpec("true"), runckit.Stdio{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(slow, "quick") // its exit event is now stuck in the sink
+	run(fast, "other")
+	select {
+	case <-otherExit:
+	case <-ctx.Done():
+		t.Fatal("the other container's exit event never came while a sink was blocked on an exit")
+	}
+	if err := slow.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slow.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := fast.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*runckit.Container{slow, fast} {
+		if _, err := c.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if kinds(got) != "create start exec-added:quick exec-started:quick exit:quick exit delete" {
+		t.Errorf("events = %s", kinds(got))
+	}
+}
+
 // hostPIDSpec is runckittest.Spec without a PID namespace: the container
 // shares the host's, as DESIGN.md rule 7 is about.
 func hostPIDSpec(t *testing.T, args ...string) *specs.Spec {

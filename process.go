@@ -299,8 +299,17 @@ func (p *Process) Delete(ctx context.Context) error {
 	return nil
 }
 
-// onExit is the ExitWatcher callback for the process.
-func (p *Process) onExit(st ExitStatus) {
+// onExit is the ExitWatcher callback for the process: the events its exit
+// publishes go to the sink from the queue's own goroutine.
+func (p *Process) onExit(st ExitStatus) { p.exited(st, false) }
+
+// onExitInline is onExit for runckit's own watcher, which guards its
+// callbacks against stalls: when the container's queue is idle, the exit's
+// events are handed to the sink on the calling goroutine, with no goroutine
+// to start and schedule between the reap and the sink.
+func (p *Process) onExitInline(st ExitStatus) { p.exited(st, true) }
+
+func (p *Process) exited(st ExitStatus, inline bool) {
 	defer phase.End(phase.Exit, phase.Begin())
 	c := p.c
 	c.mu.Lock()
@@ -316,8 +325,14 @@ func (p *Process) onExit(st ExitStatus) {
 		c.mu.Unlock()
 		return
 	}
+	if inline {
+		c.events.hold()
+	}
 	c.handleExitLocked(p, st)
 	c.mu.Unlock()
+	if inline {
+		c.events.release() // the sink runs here, after c.mu is let go
+	}
 	c.saveRecord()
 }
 
@@ -399,7 +414,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) error {
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: %w", p.name(), perr)
 	}
-	if err := watchProcess(c.watcher, pidfd, pid, p.onExit); err != nil {
+	if err := watchProcess(c.watcher, p, pid); err != nil {
 		pidfd.signal(syscall.SIGKILL)
 		p.onExit(reapPid(pid))
 		return fmt.Errorf("runckit: start %s: watch exit: %w", p.name(), err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -457,36 +458,11 @@ func (e *env) lifecycleRunckit(ctx context.Context, round, n, width int) (time.D
 		return 0, nil, err
 	}
 	defer e.removeBundles(names)
-	rec := newPhaseRecorder(apiNew, apiStart, apiWait, apiDelete)
+	rec := newRunckitRecorder()
 	phase.SetHook(rec.hook)
 	defer phase.SetHook(nil)
 	t0 := time.Now()
-	err := parallelDo(ctx, n, width, func(i int) error {
-		t := time.Now()
-		c, err := e.newRunckit(ctx, names[i])
-		if err != nil {
-			return err
-		}
-		rec.since(apiNew, t)
-		t = time.Now()
-		if err := c.Start(ctx); err != nil {
-			return err
-		}
-		rec.since(apiStart, t)
-		t = time.Now()
-		st, err := c.Wait(ctx)
-		if err != nil {
-			return err
-		}
-		rec.since(apiWait, t)
-		if !st.Success() {
-			return fmt.Errorf("container %s: %v", c.ID(), st)
-		}
-		t = time.Now()
-		err = e.deleteRunckit(ctx, c, false)
-		rec.since(apiDelete, t)
-		return err
-	})
+	err := parallelDo(ctx, n, width, func(i int) error { return e.oneRunckit(ctx, names[i], rec) })
 	return time.Since(t0), rec.times(), err
 }
 
@@ -498,30 +474,113 @@ func (e *env) lifecycleFloor(ctx context.Context, round, n, width int) (time.Dur
 		return 0, nil, err
 	}
 	defer e.removeBundles(names)
-	rec := newPhaseRecorder(flCreate, flPidFile, flStart, flWait, flDelete)
+	rec := newFloorRecorder()
 	t0 := time.Now()
-	err := parallelDo(ctx, n, width, func(i int) error {
-		id := names[i]
-		pid, err := e.createFloorTimed(ctx, id, rec)
-		if err != nil {
-			return err
-		}
-		t := time.Now()
-		if err := e.floor.Start(ctx, id); err != nil {
-			return fmt.Errorf("runc start %s: %w", id, err)
-		}
-		rec.since(flStart, t)
-		t = time.Now()
-		if err := e.waitFloor(id, pid); err != nil {
-			return err
-		}
-		rec.since(flWait, t)
-		t = time.Now()
-		err = e.deleteFloor(ctx, id, false)
-		rec.since(flDelete, t)
-		return err
-	})
+	err := parallelDo(ctx, n, width, func(i int) error { return e.oneFloor(ctx, names[i], rec) })
 	return time.Since(t0), rec.times(), err
+}
+
+// lifecycleSeq runs n lifecycles of each kind one at a time, alternating
+// runckit's and the floor's one by one (which goes first alternates too),
+// and returns each side's total. Run in two blocks of n, the two sides met
+// different moments of the machine (a lifecycle is ~130 ms of runc, and the
+// blocks' ratio swung 0.96x-1.13x from round to round while runckit's own
+// work was 2% of a lifecycle); interleaved, drift lands on both sides.
+func (e *env) lifecycleSeq(ctx context.Context, round, n int) (rk, fl time.Duration, phRK, phFL phaseTimes, err error) {
+	rkNames := ids(fmt.Sprintf("lc%d-s-k", round), n)
+	flNames := ids(fmt.Sprintf("lc%d-s-f", round), n)
+	all := append(append([]string(nil), rkNames...), flNames...)
+	if err := e.writeBundles(all, "true"); err != nil {
+		return 0, 0, nil, nil, err
+	}
+	defer e.removeBundles(all)
+	rkRec, flRec := newRunckitRecorder(), newFloorRecorder()
+	phase.SetHook(rkRec.hook)
+	defer phase.SetHook(nil)
+	for i := 0; i < n; i++ {
+		runRK := func() error {
+			t := time.Now()
+			err := e.oneRunckit(ctx, rkNames[i], rkRec)
+			rk += time.Since(t)
+			return err
+		}
+		runFL := func() error {
+			t := time.Now()
+			err := e.oneFloor(ctx, flNames[i], flRec)
+			fl += time.Since(t)
+			return err
+		}
+		first, second := runRK, runFL
+		if (round+i)%2 == 1 {
+			first, second = runFL, runRK
+		}
+		if err := first(); err != nil {
+			return 0, 0, nil, nil, err
+		}
+		if err := second(); err != nil {
+			return 0, 0, nil, nil, err
+		}
+	}
+	return rk, fl, rkRec.times(), flRec.times(), nil
+}
+
+func newRunckitRecorder() *phaseRecorder {
+	return newPhaseRecorder(apiNew, apiStart, apiWait, apiDelete)
+}
+
+func newFloorRecorder() *phaseRecorder {
+	return newPhaseRecorder(flCreate, flPidFile, flStart, flWait, flDelete)
+}
+
+// oneRunckit is one runckit lifecycle: NewContainer, Start, Wait, Delete.
+func (e *env) oneRunckit(ctx context.Context, name string, rec *phaseRecorder) error {
+	t := time.Now()
+	c, err := e.newRunckit(ctx, name)
+	if err != nil {
+		return err
+	}
+	rec.since(apiNew, t)
+	t = time.Now()
+	if err := c.Start(ctx); err != nil {
+		return err
+	}
+	rec.since(apiStart, t)
+	t = time.Now()
+	st, err := c.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	rec.since(apiWait, t)
+	if !st.Success() {
+		return fmt.Errorf("container %s: %v", c.ID(), st)
+	}
+	t = time.Now()
+	err = e.deleteRunckit(ctx, c, false)
+	rec.since(apiDelete, t)
+	return err
+}
+
+// oneFloor is one floor lifecycle: go-runc Create, Start, wait4 on init's
+// pid, Delete.
+func (e *env) oneFloor(ctx context.Context, id string, rec *phaseRecorder) error {
+	pid, err := e.createFloorTimed(ctx, id, rec)
+	if err != nil {
+		return err
+	}
+	t := time.Now()
+	if err := e.floor.Start(ctx, id); err != nil {
+		return fmt.Errorf("runc start %s: %w", id, err)
+	}
+	rec.since(flStart, t)
+	t = time.Now()
+	if err := e.waitFloor(id, pid); err != nil {
+		return err
+	}
+	rec.since(flWait, t)
+	t = time.Now()
+	err = e.deleteFloor(ctx, id, false)
+	rec.since(flDelete, t)
+	return err
 }
 
 // ---- exit latency ----
@@ -607,6 +666,7 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 	}
 
 	sink.arm(procs)
+	stopTrace := startBurstTrace()
 	t0 := time.Now()
 	for _, p := range ps {
 		if err := p.Kill(ctx, syscall.SIGKILL); err != nil {
@@ -615,7 +675,9 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 	}
 	select {
 	case <-sink.done:
+		stopTrace()
 	case <-ctx.Done():
+		stopTrace()
 		return nil, 0, ctx.Err()
 	}
 	sink.mu.Lock()
@@ -642,6 +704,31 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 		cs[i] = nil
 	}
 	return lat, total, nil
+}
+
+// burstTrace is -trace: where the exit-latency burst's execution trace goes.
+var burstTrace string
+
+// startBurstTrace starts a runtime trace into burstTrace, if set, and
+// returns what stops it.
+func startBurstTrace() (stop func()) {
+	if burstTrace == "" {
+		return func() {}
+	}
+	f, err := os.Create(burstTrace)
+	if err != nil {
+		log.Printf("  -trace: %v", err)
+		return func() {}
+	}
+	if err := trace.Start(f); err != nil {
+		log.Printf("  -trace: %v", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		trace.Stop()
+		f.Close()
+	}
 }
 
 // ---- scale ----

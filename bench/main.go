@@ -89,6 +89,7 @@ func main() {
 	flag.IntVar(&cfg.latProcs, "latency-procs", 0, "live execs killed in the exit-latency burst (default 1000, 20 with -quick)")
 	flag.BoolVar(&cfg.merge, "merge", false, "merge the records into -out (same measurement and size replaced) instead of overwriting it, e.g. -only scale-create -scale 5000 -merge")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	flag.StringVar(&burstTrace, "trace", "", "write a runtime execution trace of each exit-latency burst, from the first kill to the last exit event, to this file (go tool trace)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -383,15 +384,21 @@ func runAll(ctx context.Context, cfg config, env *env) (*results, error) {
 		}
 		for _, k := range lcKeys {
 			var phRK, phFL phaseTimes
-			rk, fl, err := pair(rkFirst,
-				func() (d time.Duration, err error) {
-					d, phRK, err = env.lifecycleRunckit(ctx, r, k.n, k.width)
-					return d, err
-				},
-				func() (d time.Duration, err error) {
-					d, phFL, err = env.lifecycleFloor(ctx, r, k.n, k.width)
-					return d, err
-				})
+			var rk, fl time.Duration
+			var err error
+			if k.width == 1 {
+				rk, fl, phRK, phFL, err = env.lifecycleSeq(ctx, r, k.n)
+			} else {
+				rk, fl, err = pair(rkFirst,
+					func() (d time.Duration, err error) {
+						d, phRK, err = env.lifecycleRunckit(ctx, r, k.n, k.width)
+						return d, err
+					},
+					func() (d time.Duration, err error) {
+						d, phFL, err = env.lifecycleFloor(ctx, r, k.n, k.width)
+						return d, err
+					})
+			}
 			if err != nil {
 				return res, fmt.Errorf("lifecycle %d x%d: %w", k.n, k.width, err)
 			}
