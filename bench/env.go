@@ -200,7 +200,7 @@ func (e *env) createFloorTimed(ctx context.Context, id string, rec *phaseRecorde
 		return 0, err
 	}
 	defer nio.Close()
-	pidFile := filepath.Join(e.bundleDir(id), "init.pid")
+	pidFile := filepath.Join(e.bundleDir(id), floorPidFile)
 	e.mu.Lock()
 	e.fl[id] = 0 // tracked from now on: a failed create may leave state
 	e.mu.Unlock()
@@ -249,6 +249,9 @@ func (e *env) deleteFloor(ctx context.Context, id string, force bool) error {
 		}
 		// Never made it to runc's state (a failed create): nothing to do.
 	}
+	// Leave the bundle as the lifecycle found it, as runckit's Delete does
+	// with its own files: the pid file is the floor's.
+	os.Remove(filepath.Join(e.bundleDir(id), floorPidFile))
 	e.mu.Lock()
 	pid := e.fl[id]
 	delete(e.fl, id)
@@ -269,6 +272,9 @@ func (e *env) deleteFloor(ctx context.Context, id string, force bool) error {
 }
 
 var errNotExited = errors.New("not exited")
+
+// floorPidFile is the floor's runc create --pid-file, in the bundle.
+const floorPidFile = "init.pid"
 
 func waitPid(pid, flags int) error {
 	for {

@@ -254,6 +254,9 @@ func (a lcSteps) String() string {
 		r(a.NewContainer), r(a.NewTask), r(a.Start), r(a.Exit), r(a.TaskDelete), r(a.ContainerDelete))
 }
 
+// rssSettle is -rss-settle.
+var rssSettle time.Duration
+
 // rssResult is what m live containers cost in shim processes.
 type rssResult struct {
 	Shims        int     `json:"shims"`
@@ -294,9 +297,10 @@ func (s *shimSide) rss(ctx context.Context, round, m int, group bool, shimBinary
 	if err != nil {
 		return rssResult{}, err
 	}
-	// Let the shims' start-up garbage be collected (pkg/shim frees memory
-	// to the OS periodically) so that what is measured is the steady state.
-	time.Sleep(3 * time.Second)
+	// Measure the steady state: pkg/shim, under both shims, returns freed
+	// memory to the OS every 30 seconds, the first time 30 seconds after
+	// start; read before that, RSS holds start-up garbage.
+	time.Sleep(rssSettle)
 	pids, err := shimsOf(ts, shimBinary)
 	if err != nil {
 		return rssResult{}, err

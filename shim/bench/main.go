@@ -83,6 +83,7 @@ func main() {
 	log.SetPrefix("bench: ")
 	var cfg config
 	flag.BoolVar(&cfg.quick, "quick", false, "small sizes and 1 round: a smoke run of seconds that asserts nothing about speed")
+	flag.DurationVar(&rssSettle, "rss-settle", 0, "how long the rss measurement's containers run before their shims' memory is read (default 31s, past pkg/shim's first return of freed memory at 30s; 3s with -quick)")
 	flag.IntVar(&cfg.rounds, "rounds", 0, "rounds of each measurement (default 5, 1 with -quick)")
 	flag.StringVar(&cfg.out, "out", "bench/results.json", "where to write the JSON results (with -quick: a file in $TMPDIR unless given)")
 	flag.Var(&cfg.only, "only", "run only this measurement (repeatable): "+strings.Join(measurements, ", "))
@@ -99,12 +100,18 @@ func main() {
 		}
 		cfg.burstNs = []int{5, 10}
 		cfg.lcSeq, cfg.lcPar, cfg.lcParWidth, cfg.rssN = 3, 6, 2, 3
+		if rssSettle == 0 {
+			rssSettle = 3 * time.Second
+		}
 		if cfg.rounds == 0 {
 			cfg.rounds = 1
 		}
 	} else {
 		cfg.burstNs = []int{50, 200}
 		cfg.lcSeq, cfg.lcPar, cfg.lcParWidth, cfg.rssN = 50, 200, 8, 20
+		if rssSettle == 0 {
+			rssSettle = 31 * time.Second
+		}
 		if cfg.rounds == 0 {
 			cfg.rounds = 5
 		}

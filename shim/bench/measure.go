@@ -163,10 +163,10 @@ func measure(ctx context.Context, cfg config, d *daemon, stock, rk *shimSide, fl
 				rec := record{Name: "rss", N: cfg.rssN, Rounds: cfg.rounds, Sample: map[string][]float64{}}
 				if group {
 					rec.Mode = "grouped"
-					rec.Note = fmt.Sprintf("%d running `sleep` containers with the annotation io.containerd.runc.v2.group (both shims honour it): one shim process per runtime; sum of the shims' RSS (and PSS) / containers, 3 s after the last start", cfg.rssN)
+					rec.Note = fmt.Sprintf("%d running `sleep` containers with the annotation io.containerd.runc.v2.group (both shims honour it): one shim process per runtime; sum of the shims' RSS (and PSS) / containers, %v after the last start", cfg.rssN, rssSettle)
 				} else {
 					rec.Mode = "per-container"
-					rec.Note = fmt.Sprintf("%d running `sleep` containers as containerd's client makes them by default (no group label): one shim process per container for both runtimes; sum of the shims' RSS (and PSS) / containers, 3 s after the last start", cfg.rssN)
+					rec.Note = fmt.Sprintf("%d running `sleep` containers as containerd's client makes them by default (no group label): one shim process per container for both runtimes; sum of the shims' RSS (and PSS) / containers, %v after the last start", cfg.rssN, rssSettle)
 				}
 				for _, name := range []string{"stock", "runckit"} {
 					rs := rssRes[group][name]
