@@ -560,7 +560,7 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	defer c.saveRecord() // after the unlock: the record keeps the last event's Seq
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.checkLocked(opExec); err != nil && !c.initExitHeldLocked() {
+	if err := c.checkLocked(opExec); err != nil {
 		return nil, err
 	}
 	if _, ok := c.execs[execID]; ok {
@@ -571,14 +571,6 @@ func (c *Container) Exec(ctx context.Context, execID string, spec *specs.Process
 	c.execs[execID] = p
 	c.publishLocked(Event{Kind: EventExecAdded, ExecID: execID})
 	return p, nil
-}
-
-// initExitHeldLocked reports whether init has exited but its exit is held
-// back for execs still starting or running: until it is published the
-// container has not ended for its callers, and an exec may still be
-// reserved, as containerd's client does (its start fails, rule 2).
-func (c *Container) initExitHeldLocked() bool {
-	return c.initPending && !c.deleting && !c.deleted
 }
 
 // Process returns the exec process with the given ID; "" returns init.

@@ -206,7 +206,7 @@ func (c *Container) Stop(ctx context.Context, grace time.Duration) (ExitStatus, 
 	switch {
 	case err != nil:
 		return ExitStatus{}, err
-	case state == ctrStopped:
+	case state == ctrStopped || state == ctrExiting:
 		return c.Wait(ctx)
 	case state == ctrPaused:
 		if err := c.Resume(ctx); err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {

@@ -406,8 +406,9 @@ func (c *Container) handleExitLocked(p *Process, st ExitStatus) {
 	}
 	c.initExited = true
 	if c.sharedPID {
+		// The rest of the cgroup was killed before c.mu was taken
+		// (Process.exited); these are the execs runckit tracks.
 		c.killExecsLocked()
-		killCgroup(c.killScope)
 	}
 	if c.activeExecs > 0 {
 		c.initPending = true

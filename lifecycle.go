@@ -23,7 +23,8 @@ import (
 //	starting --runc start failed-->                    created
 //	running  --Pause: runc pause begins-->             pausing  --ok--> paused   (failed: running)
 //	paused   --Resume: runc resume begins-->           resuming --ok--> running  (failed: paused)
-//	any live --init reaped (exits.go)-->               stopped
+//	any live --init reaped, no exec running (exits.go)--> stopped
+//	any live --init reaped, execs starting or running-->  exiting --last exec done--> stopped
 //	any      --Delete: runc delete begins-->           deleting --ok--> deleted  (failed: as before)
 //
 // Restore and LoadContainer enter at created, running, paused or stopped:
@@ -39,7 +40,8 @@ const (
 	ctrPausing                        // runc pause is running
 	ctrPaused                         // frozen
 	ctrResuming                       // runc resume is running
-	ctrStopped                        // init has exited (its event may wait for execs)
+	ctrExiting                        // init has exited; its exit event waits for execs (DESIGN.md rule 2)
+	ctrStopped                        // init has exited and its exit event is out
 	ctrDeleting                       // runc delete is running
 	ctrDeleted                        // gone; every operation but Wait is NotFound
 	numContainerStates
@@ -47,7 +49,7 @@ const (
 
 func (s containerState) String() string {
 	return [...]string{"created", "starting", "running", "pausing", "paused", "resuming",
-		"stopped", "being deleted", "deleted"}[s]
+		"exiting", "stopped", "being deleted", "deleted"}[s]
 }
 
 // containerStateLocked derives the container's state; c.mu is held.
@@ -57,6 +59,8 @@ func (c *Container) containerStateLocked() containerState {
 		return ctrDeleted
 	case c.deleting:
 		return ctrDeleting
+	case c.initExited && c.initPending:
+		return ctrExiting
 	case c.initExited:
 		return ctrStopped
 	case c.init.state == stateCreated:
@@ -115,24 +119,28 @@ const (
 
 // lifecycle says which operation may run in which state. Columns are the
 // states in containerState order.
+//
+// In exiting, an exec may still be reserved (its start fails, rule 2), as
+// containerd's client does while init's exit is not out: until then the
+// container has not ended for its callers. Otherwise exiting is stopped.
 var lifecycle = [numOperations][numContainerStates]verdict{
-	//              created starting running pausing paused resuming stopped deleting deleted
-	opStart:       {ok, no, no, no, no, no, no, no, gone},
-	opExec:        {ok, ok, ok, no, no, no, no, no, gone},
-	opExecStart:   {ok, ok, ok, no, no, no, no, no, gone},
-	opKill:        {ok, ok, ok, ok, ok, ok, no, no, gone},
-	opPause:       {no, no, ok, no, no, no, no, no, gone},
-	opResume:      {no, no, no, no, ok, no, no, no, gone},
-	opUpdate:      {ok, ok, ok, ok, ok, ok, no, no, gone},
-	opPids:        {ok, ok, ok, ok, ok, ok, ok, no, gone},
-	opStats:       {ok, ok, ok, ok, ok, ok, no, no, gone},
-	opCheckpoint:  {no, no, ok, no, ok, no, no, no, gone},
-	opStop:        {ok, ok, ok, no, ok, no, ok, no, gone},
-	opWait:        {ok, ok, ok, ok, ok, ok, ok, ok, ok},
-	opDelete:      {ok, no, no, no, no, no, ok, no, gone},
-	opForceDelete: {ok, ok, ok, ok, ok, ok, ok, no, gone},
-	opState:       {ok, ok, ok, ok, ok, ok, ok, ok, gone},
-	opExecProcess: {ok, ok, ok, ok, ok, ok, ok, ok, gone},
+	//              created starting running pausing paused resuming exiting stopped deleting deleted
+	opStart:       {ok, no, no, no, no, no, no, no, no, gone},
+	opExec:        {ok, ok, ok, no, no, no, ok, no, no, gone},
+	opExecStart:   {ok, ok, ok, no, no, no, no, no, no, gone},
+	opKill:        {ok, ok, ok, ok, ok, ok, no, no, no, gone},
+	opPause:       {no, no, ok, no, no, no, no, no, no, gone},
+	opResume:      {no, no, no, no, ok, no, no, no, no, gone},
+	opUpdate:      {ok, ok, ok, ok, ok, ok, no, no, no, gone},
+	opPids:        {ok, ok, ok, ok, ok, ok, ok, ok, no, gone},
+	opStats:       {ok, ok, ok, ok, ok, ok, no, no, no, gone},
+	opCheckpoint:  {no, no, ok, no, ok, no, no, no, no, gone},
+	opStop:        {ok, ok, ok, no, ok, no, ok, ok, no, gone},
+	opWait:        {ok, ok, ok, ok, ok, ok, ok, ok, ok, ok},
+	opDelete:      {ok, no, no, no, no, no, ok, ok, no, gone},
+	opForceDelete: {ok, ok, ok, ok, ok, ok, ok, ok, no, gone},
+	opState:       {ok, ok, ok, ok, ok, ok, ok, ok, ok, gone},
+	opExecProcess: {ok, ok, ok, ok, ok, ok, ok, ok, ok, gone},
 }
 
 // checkLocked is the one guard every container operation asks. c.mu is
@@ -151,7 +159,7 @@ func (c *Container) checkLocked(op operation) error {
 	case op == opDelete && st != ctrDeleting:
 		hint = "; stop it or use DeleteForce"
 	case op == opExec || op == opExecStart:
-		if st == ctrStopped {
+		if st == ctrStopped || st == ctrExiting {
 			hint = "; init has exited"
 		}
 	}

@@ -142,7 +142,7 @@ func (c *Container) openNetns() (fd int, host bool, err error) {
 	case ctrDeleted:
 		c.mu.Unlock()
 		return -1, false, errDeleted(c.id)
-	case ctrStopped, ctrDeleting:
+	case ctrExiting, ctrStopped, ctrDeleting:
 		c.mu.Unlock()
 		return -1, false, fmt.Errorf("runckit: dial in container %q: container is %s; its network namespace is gone with init: %w",
 			c.id, st, errdefs.ErrFailedPrecondition)

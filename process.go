@@ -135,7 +135,7 @@ func (p *Process) Status() Status {
 		}
 		return StatusRunning
 	case stateExited:
-		if p == p.c.init && p.c.initPending {
+		if p == p.c.init && p.c.containerStateLocked() == ctrExiting {
 			// Init has died but its exit is held back for execs still
 			// starting or running: until its exit event, it is running to
 			// callers (as to containerd's shim), so that a caller who sees
@@ -313,11 +313,21 @@ func (p *Process) exited(st ExitStatus, inline bool) {
 	defer phase.End(phase.Exit, phase.Begin())
 	c := p.c
 	c.mu.Lock()
-	if p.state == stateExited || p.state == stateDeleted {
-		// Already accounted for (an adoption that found the pid reused):
-		// an exit is never delivered twice.
+	if p.exitAccountedLocked() {
 		c.mu.Unlock()
 		return
+	}
+	if p == c.init && c.sharedPID {
+		// Rule 7: init's death ends the processes left in its shared PID
+		// namespace, before its exit is published. killCgroup reads
+		// cgroup files and signals each process, so not under c.mu.
+		c.mu.Unlock()
+		killCgroup(c.killScope)
+		c.mu.Lock()
+		if p.exitAccountedLocked() {
+			c.mu.Unlock()
+			return
+		}
 	}
 	if p.state == stateStarting {
 		// runc start has not returned: the start event is not out yet.
@@ -334,6 +344,13 @@ func (p *Process) exited(st ExitStatus, inline bool) {
 		c.events.release() // the sink runs here, after c.mu is let go
 	}
 	c.saveRecord()
+}
+
+// exitAccountedLocked reports whether p's exit has been handled already
+// (an adoption that found the pid reused reports it too): an exit is never
+// delivered twice.
+func (p *Process) exitAccountedLocked() bool {
+	return p.state == stateExited || p.state == stateDeleted
 }
 
 // finish waits for the process's output, then releases Wait. It runs in its
