@@ -73,6 +73,10 @@ func (e Event) String() string {
 // EventSink receives a container's events. Runckit calls Send from one
 // goroutine at a time per container, in Seq order, and never from inside an
 // operation: a slow Send delays later events of that container, nothing else.
+// (An exit event goes to Send straight from runckit's exit watcher when the
+// container has no delivery under way; if Send takes longer than about a
+// millisecond, the watcher moves to a new goroutine and other processes'
+// exits go on.)
 // A sink shared by several containers is called concurrently, once per
 // container; it must then be safe for concurrent use. Send must not call
 // Delete or Flush of the container whose event it handles: both wait for
