@@ -248,26 +248,9 @@ func TestHostChildrenUnaffected(t *testing.T) {
 func TestSlowSinkBlocksNothing(t *testing.T) {
 	ctx := runckittest.Context(t, time.Minute)
 	e := newEnv(t)
-	release := make(chan struct{})
-	var mu sync.Mutex
-	var got []runckit.Event
-	sink := runckit.EventSinkFunc(func(ev runckit.Event) {
-		if ev.Kind == runckit.EventCreate {
-			<-release
-		}
-		mu.Lock()
-		got = append(got, ev)
-		mu.Unlock()
-	})
+	sink := newGatedSink(func(ev runckit.Event) bool { return ev.Kind == runckit.EventCreate })
 	c := e.sleeper(ctx, runckit.WithEventSink(sink))
-	p, err := c.Exec(ctx, "quick", runckittest.ProcessSpec("true"), runckit.Stdio{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Wait(ctx); err != nil {
+	if _, err := runExec(t, ctx, c, "quick", "true").Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Kill(ctx, syscall.SIGKILL); err != nil {
@@ -276,20 +259,14 @@ func TestSlowSinkBlocksNothing(t *testing.T) {
 	if _, err := c.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	if len(got) != 0 {
-		t.Errorf("sink got %d events while blocked", len(got))
+	if n := len(sink.events()); n != 0 {
+		t.Errorf("sink got %d events while blocked", n)
 	}
-	mu.Unlock()
-	close(release)
+	close(sink.release)
 	if err := c.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if kinds(got) != "create start exec-added:quick exec-started:quick exit:quick exit delete" {
-		t.Errorf("events = %s", kinds(got))
-	}
+	sink.expect(t, "create start exec-added:quick exec-started:quick exit:quick exit delete")
 }
 
 // A sink that blocks on an exit event, which runckit's watcher hands to the
@@ -298,17 +275,7 @@ func TestSlowSinkBlocksNothing(t *testing.T) {
 func TestSlowSinkAtExitBlocksNoOtherExit(t *testing.T) {
 	ctx := runckittest.Context(t, time.Minute)
 	e := newEnv(t)
-	release := make(chan struct{})
-	var mu sync.Mutex
-	var got []runckit.Event
-	blocking := runckit.EventSinkFunc(func(ev runckit.Event) {
-		if ev.Kind == runckit.EventExit && ev.ExecID == "quick" {
-			<-release
-		}
-		mu.Lock()
-		got = append(got, ev)
-		mu.Unlock()
-	})
+	blocking := newGatedSink(func(ev runckit.Event) bool { return ev.Kind == runckit.EventExit && ev.ExecID == "quick" })
 	otherExit := make(chan runckit.Event, 1)
 	other := runckit.EventSinkFunc(func(ev runckit.Event) {
 		if ev.Kind == runckit.EventExit && ev.ExecID == "other" {
@@ -317,21 +284,14 @@ func TestSlowSinkAtExitBlocksNoOtherExit(t *testing.T) {
 	})
 	slow := e.sleeper(ctx, runckit.WithEventSink(blocking))
 	fast := e.sleeper(ctx, runckit.WithEventSink(other))
-	run := func(c *runckit.Container, id string) {
-		t.Helper()
-		p, err := c.Exec(ctx, id, runckittest.ProcessSpec("true"), runckit.Stdio{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+	for _, p := range []*runckit.Process{
+		runExec(t, ctx, slow, "quick", "true"), // its exit event gets stuck in the sink
+		runExec(t, ctx, fast, "other", "true"),
+	} {
 		if _, err := p.Wait(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	run(slow, "quick") // its exit event is now stuck in the sink
-	run(fast, "other")
 	select {
 	case <-otherExit:
 	case <-ctx.Done():
@@ -343,7 +303,7 @@ func TestSlowSinkAtExitBlocksNoOtherExit(t *testing.T) {
 	if _, err := slow.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	close(release)
+	close(blocking.release)
 	if err := fast.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -355,10 +315,42 @@ func TestSlowSinkAtExitBlocksNoOtherExit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if kinds(got) != "create start exec-added:quick exec-started:quick exit:quick exit delete" {
-		t.Errorf("events = %s", kinds(got))
+	blocking.expect(t, "create start exec-added:quick exec-started:quick exit:quick exit delete")
+}
+
+// gatedSink records a container's events; Send blocks on each event gate
+// matches until release is closed, as a slow sink would.
+type gatedSink struct {
+	gate    func(runckit.Event) bool
+	release chan struct{}
+	mu      sync.Mutex
+	got     []runckit.Event
+}
+
+func newGatedSink(gate func(runckit.Event) bool) *gatedSink {
+	return &gatedSink{gate: gate, release: make(chan struct{})}
+}
+
+func (s *gatedSink) Send(ev runckit.Event) {
+	if s.gate(ev) {
+		<-s.release
+	}
+	s.mu.Lock()
+	s.got = append(s.got, ev)
+	s.mu.Unlock()
+}
+
+func (s *gatedSink) events() []runckit.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]runckit.Event(nil), s.got...)
+}
+
+// expect checks the kinds of the events received so far.
+func (s *gatedSink) expect(t *testing.T, want string) {
+	t.Helper()
+	if got := kinds(s.events()); got != want {
+		t.Errorf("events = %s, want %s", got, want)
 	}
 }
 
