@@ -673,6 +673,12 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 
 	sink.arm(procs)
 	stopTrace := startBurstTrace()
+	if burstRealtime {
+		if err := setThreadsRealtime(true); err != nil {
+			return nil, 0, err
+		}
+		defer setThreadsRealtime(false)
+	}
 	t0 := time.Now()
 	for _, p := range ps {
 		if err := p.Kill(ctx, syscall.SIGKILL); err != nil {
@@ -710,6 +716,33 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 		cs[i] = nil
 	}
 	return lat, total, nil
+}
+
+// burstRealtime is -rt.
+var burstRealtime bool
+
+// setThreadsRealtime moves every thread of this program to SCHED_FIFO
+// (priority 10), or back to SCHED_NORMAL. Threads made meanwhile inherit
+// the policy; the burst starts no runc, so no child does.
+func setThreadsRealtime(on bool) error {
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+	if on {
+		attr.Policy, attr.Priority = unix.SCHED_FIFO, 10
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("-rt: sched_setattr(%d): %w", tid, err)
+		}
+	}
+	return nil
 }
 
 // burstTrace is -trace: where the exit-latency burst's execution trace goes.
