@@ -82,8 +82,8 @@ type watch struct {
 	handle *pidfdHandle
 }
 
-// release lets go of the watch's reference to a shared pidfd, once its
-// callback has returned.
+// release lets go of the watch's reference to a shared pidfd, once the
+// process is reaped and the fd is out of the epoll set.
 func (wt *watch) release() {
 	if wt.handle != nil {
 		wt.handle.release()
@@ -167,8 +167,8 @@ func (w *pidfdWatcher) Watch(pid int, onExit func(ExitStatus)) error {
 // a second pidfd: one fd per process serves both signals and the watch. The
 // pidfd names the process whatever becomes of its pid, so PID-reuse safety
 // is the same as with a pidfd of the watcher's own; it stays open until
-// both the watcher (after onExit returns) and the handle (closed by the
-// exit handler) have let go.
+// both the watcher (once it has reaped) and the handle (closed by the exit
+// handler) have let go.
 func (w *pidfdWatcher) watchHandle(h *pidfdHandle, pid int, onExit func(ExitStatus)) error {
 	h.share()
 	orphans.trackSession(pid)
@@ -309,16 +309,18 @@ func (w *pidfdWatcher) loop(epfd int) {
 			// container locks).
 			st := reapPidfd(wt.pidfd)
 			orphans.endSession(wt.pid)
-			if w.forget(epfd, wt) {
+			idle := w.forget(epfd, wt)
+			// The watcher is done with the pidfd: let go of it before the
+			// callback, whose exit handler closes the process's own
+			// reference, so that the fd is closed when Wait returns.
+			wt.release()
+			if idle {
 				// Nothing is left to watch and this loop ends: the
 				// callback holds up nothing else.
 				wt.onExit(st)
-				wt.release()
 				return
 			}
-			stayed := g.run(func() { wt.onExit(st) })
-			wt.release()
-			if !stayed {
+			if !g.run(func() { wt.onExit(st) }) {
 				return // a new loop took over; the rest of ready is still in epfd
 			}
 		}
