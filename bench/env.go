@@ -672,25 +672,32 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 	}
 
 	sink.arm(procs)
-	stopTrace := startBurstTrace()
 	if burstRealtime {
+		// Set back whatever happens: a failure part way leaves some
+		// threads realtime otherwise.
+		defer setThreadsRealtime(false)
 		if err := setThreadsRealtime(true); err != nil {
 			return nil, 0, err
 		}
-		defer setThreadsRealtime(false)
 	}
+	stopTrace := startBurstTrace()
 	t0 := time.Now()
-	for _, p := range ps {
-		if err := p.Kill(ctx, syscall.SIGKILL); err != nil {
-			return nil, 0, err
+	err = func() error {
+		defer stopTrace() // on every path: a trace left running holds its file
+		for _, p := range ps {
+			if err := p.Kill(ctx, syscall.SIGKILL); err != nil {
+				return err
+			}
 		}
-	}
-	select {
-	case <-sink.done:
-		stopTrace()
-	case <-ctx.Done():
-		stopTrace()
-		return nil, 0, ctx.Err()
+		select {
+		case <-sink.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}()
+	if err != nil {
+		return nil, 0, err
 	}
 	sink.mu.Lock()
 	lat := append([]time.Duration(nil), sink.lat...)
