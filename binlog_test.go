@@ -382,3 +382,72 @@ func TestStdioPathOpenFailureCleansUp(t *testing.T) {
 		t.Errorf("exec with a stderr path in a missing directory: %v; want a not-exist error of kind NotFound", err)
 	}
 }
+
+// A terminal's output goes to the path StdoutPath names as well as to a
+// writer: a logging binary gets it on fd 3 (and /dev/null on fd 4, a
+// terminal having one stream), a file gets it appended; its input comes
+// from the FIFO or file StdinPath names. The logger is reaped by Wait.
+func TestTerminalToPaths(t *testing.T) {
+	ctx := runckittest.Context(t, time.Minute)
+	e := newEnv(t)
+	c := e.sleeper(ctx)
+	dir := t.TempDir()
+	f := func(n string) string { return filepath.Join(dir, n) }
+	bin := loggerScript(t, dir, "logger", copyLogger)
+	if err := syscall.Mkfifo(f("in"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Exec(ctx, "tty-logged", runckittest.ProcessSpec("sh", "-c", "read line; echo got:$line; [ -t 1 ] && echo is-a-tty"), runckit.Stdio{
+		Terminal:   true,
+		StdinPath:  "fifo://" + f("in"),
+		StdoutPath: loggerURI("binary", bin, map[string]string{"out": f("a.out"), "err": f("a.err")}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(f("in"), os.O_WRONLY, 0) // waits for runckit's reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("hello\n"))
+	w.Close()
+	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("Wait = %v, %v", st, err)
+	}
+	if got := readFile(t, f("a.out")); !strings.Contains(got, "got:hello") || !strings.Contains(got, "is-a-tty") {
+		t.Errorf("logger's fd 3 got %q; want the terminal's output", got)
+	}
+	if got := readFile(t, f("a.err")); got != "" {
+		t.Errorf("logger's fd 4 got %q; want nothing", got)
+	}
+	calls := loggerCalls(t, dir)
+	if len(calls) != 1 {
+		t.Fatalf("loggers started: %v, want 1", calls)
+	}
+	if pid, _ := strconv.Atoi(calls[0][0]); !gone(pid) {
+		t.Errorf("logger %d still exists after Wait", pid)
+	}
+
+	// A file for each side.
+	if err := os.WriteFile(f("in.txt"), []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err = c.Exec(ctx, "tty-files", runckittest.ProcessSpec("sh", "-c", "read line; echo got:$line"), runckit.Stdio{
+		Terminal: true, StdinPath: f("in.txt"), StdoutPath: "file://" + f("out.txt"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("Wait = %v, %v", st, err)
+	}
+	if got := readFile(t, f("out.txt")); !strings.Contains(got, "got:from-file") {
+		t.Errorf("out.txt = %q", got)
+	}
+}

@@ -64,8 +64,9 @@ type Stdio struct {
 	Stderr io.Writer
 
 	// Terminal gives the process a pseudo-terminal. Its output, stdout and
-	// stderr merged as on a real terminal, goes to Stdout; Stderr must be
-	// unset.
+	// stderr merged as on a real terminal, goes to Stdout or StdoutPath
+	// (a file, a FIFO or a logging binary); Stderr and StderrPath must be
+	// unset. Its input comes from Stdin or StdinPath.
 	Terminal bool
 
 	StdinPath  string
@@ -133,9 +134,6 @@ func (s Stdio) validate() error {
 	if s.Terminal && (s.Stderr != nil || s.StderrPath != "") {
 		return fmt.Errorf("runckit: a terminal merges stderr into stdout; leave Stderr unset: %w", errdefs.ErrInvalidArgument)
 	}
-	if s.Terminal && (s.StdinPath != "" || s.StdoutPath != "") {
-		return fmt.Errorf("runckit: a terminal takes Stdin and Stdout readers/writers, not paths: %w", errdefs.ErrInvalidArgument)
-	}
 	for _, p := range []struct{ name, v string }{{"StdinPath", s.StdinPath}, {"StdoutPath", s.StdoutPath}, {"StderrPath", s.StderrPath}} {
 		if p.name != "StdinPath" {
 			if u, ok, err := parseLoggerURI(p.name, p.v); ok {
@@ -199,6 +197,12 @@ type processIO struct {
 	// paths), ready before runc runs; each one's exit is one of the copies
 	// wait waits for.
 	loggers []*binaryLogger
+
+	// With a terminal and paths: termOut is where the terminal's output is
+	// copied (StdoutPath: a file, a FIFO or a logger's pipe), closed when
+	// the copy ends; termIn opens StdinPath for the copy into the terminal.
+	termOut *os.File
+	termIn  func() (io.ReadCloser, error)
 }
 
 // stdinCloseGrace is how long CloseStdin waits for the input copy to
@@ -226,7 +230,7 @@ func newProcessIO(ctx context.Context, s Stdio, containerID string, uid, gid int
 			return nil, fmt.Errorf("runckit: console socket: %w", err)
 		}
 		pio.socket = sock
-		return pio, nil
+		return pio, pio.setupTerminalPaths(ctx, s, containerID)
 	}
 	if err := pio.setupInput(s.Stdin, s.StdinPath, uid, gid); err != nil {
 		return nil, err
@@ -657,12 +661,76 @@ func pollableMaster(c console.Console) (*os.File, error) {
 }
 
 func (pio *processIO) addTerminalCopies(master *os.File) {
-	w := pio.stdio.Stdout // nil: the output is read and dropped
-	pio.copiers = append(pio.copiers, func() { pio.copyOutput("terminal output", w, master, true) })
-	if r := pio.stdio.Stdin; r != nil {
+	var w io.Writer = pio.stdio.Stdout // nil: the output is read and dropped
+	if out := pio.termOut; out != nil {
+		w = out
+	}
+	pio.copiers = append(pio.copiers, func() {
+		pio.copyOutput("terminal output", w, master, true)
+		if pio.termOut != nil {
+			pio.termOut.Close() // a logger or FIFO reader sees the end
+		}
+	})
+	switch {
+	case pio.termIn != nil:
 		pio.inputDone = make(chan struct{})
+		open := pio.termIn
+		pio.inputs = append(pio.inputs, func() {
+			r, err := open()
+			if err != nil {
+				close(pio.inputDone)
+				return
+			}
+			defer r.Close()
+			pio.copyInput(r, master)
+		})
+	case pio.stdio.Stdin != nil:
+		pio.inputDone = make(chan struct{})
+		r := pio.stdio.Stdin
 		pio.inputs = append(pio.inputs, func() { pio.copyInput(r, master) })
 	}
+}
+
+// setupTerminalPaths resolves StdinPath and StdoutPath for a terminal: the
+// terminal's output is copied to the file, FIFO or logging binary that
+// StdoutPath names, and the terminal's input is read from StdinPath. The
+// process itself only gets the terminal.
+func (pio *processIO) setupTerminalPaths(ctx context.Context, s Stdio, containerID string) error {
+	if s.StdoutPath != "" {
+		// The same set-up as without a terminal, for an end that the copy
+		// from the terminal writes to instead of the process.
+		if err := pio.setupLoggers(ctx, s, containerID, 0, 0); err != nil {
+			return err
+		}
+		if pio.child[1] == nil {
+			if err := pio.setupOutput(1, "StdoutPath", nil, s.StdoutPath, 0, 0); err != nil {
+				return err
+			}
+		}
+		pio.termOut, pio.child[1] = pio.child[1], nil
+		pio.host = append(pio.host, pio.termOut)
+	}
+	if s.StdinPath == "" {
+		return nil
+	}
+	p, fifo, err := parseStdioPath("StdinPath", s.StdinPath)
+	if err != nil {
+		return err
+	}
+	if !fifo {
+		f, err := os.Open(p)
+		if err != nil {
+			return openError("StdinPath", err)
+		}
+		pio.host = append(pio.host, f)
+		pio.termIn = func() (io.ReadCloser, error) { return io.NopCloser(f), nil }
+		return nil
+	}
+	// A FIFO is opened by the input loop, as without a terminal: the open
+	// waits for a writer, which the unblocker stands in for at the end.
+	pio.host = append(pio.host, fifoUnblocker(p))
+	pio.termIn = func() (io.ReadCloser, error) { return os.OpenFile(p, os.O_RDONLY, 0) }
+	return nil
 }
 
 // copyInput copies r into w (the stdin pipe, or the terminal) until r ends,

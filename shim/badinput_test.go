@@ -90,13 +90,3 @@ func TestCreateWithoutIDIsInvalidArgument(t *testing.T) {
 		t.Errorf("State of an unknown container = %v; want NotFound", err)
 	}
 }
-
-// TestTerminalStreamPaths: a terminal's streams must be FIFO paths.
-func TestTerminalStreamPaths(t *testing.T) {
-	if p, err := fifoPath("fifo:///run/x/stdout"); err != nil || p != "/run/x/stdout" {
-		t.Errorf("fifoPath(fifo URI) = %q, %v", p, err)
-	}
-	if _, err := fifoPath("binary:///usr/bin/logger"); !errdefs.IsNotImplemented(err) {
-		t.Errorf("fifoPath(binary URI) = %v; want NotImplemented", err)
-	}
-}

@@ -104,8 +104,9 @@ func shimLogger(t *testing.T, dir string) string {
 }
 
 // containerd's binary:// stdio URIs (cio.BinaryIO: one URI for stdout and
-// stderr) reach runckit's logger: the container's output is in the
-// logger's files after Wait, and the logger got the request's namespace.
+// stderr) reach runckit's logger, with a terminal too: the container's
+// output is in the logger's files after Wait, and the logger got the
+// request's namespace.
 func TestBinaryLogThroughShimService(t *testing.T) {
 	st := newServiceTest(t, "rk-binlog")
 	ctx := st.ctx(t)
@@ -128,6 +129,28 @@ func TestBinaryLogThroughShimService(t *testing.T) {
 		if b, err := os.ReadFile(p); err != nil || string(b) != want {
 			t.Errorf("%s = %q, %v; want %q", filepath.Base(p), b, err, want)
 		}
+	}
+
+	// With a terminal (ctr run -t --log-uri binary://...): the terminal's
+	// one stream goes to the logger's fd 3; the stderr URI containerd
+	// also sends is not used.
+	tout, terr := filepath.Join(dir, "tty.out"), filepath.Join(dir, "tty.err")
+	turi := (&url.URL{Scheme: "binary", Path: bin, RawQuery: url.Values{"out": {tout}, "err": {terr}}.Encode()}).String()
+	tspec := runckittest.Spec(t, "sh", "-c", "[ -t 1 ] && echo tty-hello; echo tty-oops >&2")
+	tspec.Process.Terminal = true
+	tid := id + "-tty"
+	st.create(t, &taskAPI.CreateTaskRequest{ID: tid, Bundle: runckittest.Bundle(t, tspec), Terminal: true, Stdout: turi, Stderr: turi})
+	if _, err := st.s.Start(ctx, &taskAPI.StartRequest{ID: tid}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := st.s.Wait(ctx, &taskAPI.WaitRequest{ID: tid}); err != nil || w.ExitStatus != 0 {
+		t.Fatalf("Wait = %v, %v; want exit 0", w, err)
+	}
+	if b, err := os.ReadFile(tout); err != nil || !strings.Contains(string(b), "tty-hello") || !strings.Contains(string(b), "tty-oops") {
+		t.Errorf("terminal output at the logger = %q, %v; want both lines", b, err)
+	}
+	if b, err := os.ReadFile(terr); err != nil || len(b) != 0 {
+		t.Errorf("logger's fd 4 with a terminal = %q, %v; want nothing", b, err)
 	}
 }
 
@@ -235,8 +258,8 @@ func TestBadInputShimService(t *testing.T) {
 		{"create/stdio-binary-relative", codes.InvalidArgument, func() error {
 			return create(&taskAPI.CreateTaskRequest{ID: newID(), Bundle: bundle(), Stdout: "binary:logger"})
 		}},
-		{"create/stdio-terminal-binary", codes.Unimplemented, func() error {
-			return create(&taskAPI.CreateTaskRequest{ID: newID(), Bundle: bundle(), Terminal: true, Stdout: "binary:///bin/true"})
+		{"create/stdio-terminal-binary-missing", codes.NotFound, func() error {
+			return create(&taskAPI.CreateTaskRequest{ID: newID(), Bundle: bundle(), Terminal: true, Stdout: "binary:///no/such/logger"})
 		}},
 		{"create/duplicate-id", codes.AlreadyExists, func() error {
 			return create(&taskAPI.CreateTaskRequest{ID: id, Bundle: running})
