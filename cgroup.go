@@ -35,6 +35,13 @@ type Stats struct {
 	Memory MemoryStats
 	Pids   PidsStats
 	IO     IOStats
+
+	// Raw is everything the cgroup was read for, in the types of
+	// github.com/containerd/cgroups/v3 that containerd's metrics use:
+	// *cgroup1/stats.Metrics on a v1 or hybrid host, *cgroup2/stats.Metrics
+	// on a unified one (per-CPU usage, hugetlb, the whole memory.stat, I/O
+	// per device, PSI). A containerd shim returns it as its metrics.
+	Raw any
 }
 
 // CPUStats are cumulative CPU times, in nanoseconds, and CFS throttling.
@@ -182,7 +189,9 @@ func (g *cgroupV1) stats() (*Stats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read cgroup v1 stats: %w", err)
 	}
-	return statsFromV1(m), nil
+	st := statsFromV1(m)
+	st.Raw = m
+	return st, nil
 }
 
 // memoryCgroupV1 is a v1 memory cgroup directory, as an oomSource.
@@ -280,7 +289,9 @@ func (g *cgroupV2) stats() (*Stats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read cgroup v2 stats: %w", err)
 	}
-	return statsFromV2(m), nil
+	st := statsFromV2(m)
+	st.Raw = m
+	return st, nil
 }
 
 // memoryCgroupV2 is a v2 cgroup directory, as an oomSource.

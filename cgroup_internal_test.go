@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,6 +61,11 @@ func TestCgroupV2StatsFromFiles(t *testing.T) {
 		Pids:   PidsStats{Current: 3, Limit: 100},
 		IO:     IOStats{ReadBytes: 110, WriteBytes: 220, ReadOps: 4, WriteOps: 6},
 	}
+	raw, ok := st.Raw.(*v2stats.Metrics)
+	if !ok || raw.GetMemoryEvents().GetMax() != 5 || raw.GetCPU().GetUsageUsec() != 1500 {
+		t.Errorf("Raw = %T %v; want the *v2stats.Metrics the figures came from", st.Raw, st.Raw)
+	}
+	st.Raw = nil
 	if *st != want {
 		t.Errorf("stats =\n%+v\nwant\n%+v", *st, want)
 	}

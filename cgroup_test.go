@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/cgroups/v3"
+	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
+	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/runckit/runckit"
@@ -36,6 +39,27 @@ func TestStatsV1(t *testing.T) {
 	}
 	if st.Pids.Current < 1 || st.Pids.Limit != uint64(pids) {
 		t.Errorf("pids = %+v, want current >= 1 and limit %d", st.Pids, pids)
+	}
+	// Raw has what containerd's metrics carry beyond Stats, in the type
+	// of the host's cgroup version.
+	switch raw := st.Raw.(type) {
+	case *v1stats.Metrics:
+		if cgroups.Mode() == cgroups.Unified {
+			t.Errorf("Raw is v1 metrics on a unified host")
+		}
+		if raw.GetMemory().GetHierarchicalMemoryLimit() != uint64(limit) || len(raw.GetCPU().GetUsage().GetPerCPU()) == 0 {
+			t.Errorf("Raw: hierarchical_memory_limit %d, per-CPU %v; want %d and one figure per CPU",
+				raw.GetMemory().GetHierarchicalMemoryLimit(), raw.GetCPU().GetUsage().GetPerCPU(), limit)
+		}
+	case *v2stats.Metrics:
+		if cgroups.Mode() != cgroups.Unified {
+			t.Errorf("Raw is v2 metrics on a host in mode %v", cgroups.Mode())
+		}
+		if raw.GetMemory().GetUsageLimit() != uint64(limit) || raw.GetMemory().GetPgfault() == 0 {
+			t.Errorf("Raw: memory limit %d, pgfault %d; want %d and > 0", raw.GetMemory().GetUsageLimit(), raw.GetMemory().GetPgfault(), limit)
+		}
+	default:
+		t.Errorf("Raw is %T; want containerd's cgroups metrics", st.Raw)
 	}
 }
 

@@ -580,7 +580,9 @@ func fileExists(p string) bool {
 }
 
 // TestContainerdUpdateAndStats: Update's resources reach the task's cgroup,
-// and Stats reports non-zero metrics of the right type.
+// and Stats reports non-zero metrics of the right type, with the figures
+// containerd's cgroups library reads (per-CPU, memory.stat), as the stock
+// shim's.
 func TestContainerdUpdateAndStats(t *testing.T) {
 	s := newShimTest(t)
 	ctx := s.testCtx(time.Minute)
@@ -655,9 +657,25 @@ func TestContainerdUpdateAndStats(t *testing.T) {
 		if st.GetPids().GetCurrent() == 0 || st.GetPids().GetLimit() != uint64(pidsMax) {
 			t.Errorf("pids %v; want current > 0, limit %d", st.GetPids(), pidsMax)
 		}
+		// What the stock shim reports beyond runckit's own Stats: per-CPU
+		// usage, the whole memory.stat, the hierarchical limit.
+		var perCPU uint64
+		for _, u := range st.GetCPU().GetUsage().GetPerCPU() {
+			perCPU += u
+		}
+		if perCPU == 0 {
+			t.Errorf("per-CPU usage %v; want the loop's time", st.GetCPU().GetUsage().GetPerCPU())
+		}
+		if st.GetMemory().GetHierarchicalMemoryLimit() != uint64(limit) || st.GetMemory().GetPgFault() == 0 {
+			t.Errorf("memory.stat: hierarchical_memory_limit %d, pgfault %d; want %d and > 0",
+				st.GetMemory().GetHierarchicalMemoryLimit(), st.GetMemory().GetPgFault(), limit)
+		}
 	case *cgroupsv2stats.Metrics:
 		if st.GetMemory().GetUsage() == 0 || st.GetCPU().GetUsageUsec() == 0 || st.GetPids().GetCurrent() == 0 {
 			t.Errorf("zero metrics: %v", st)
+		}
+		if st.GetMemory().GetPgfault() == 0 || st.GetMemory().GetUsageLimit() != uint64(limit) {
+			t.Errorf("memory.stat: pgfault %d, limit %d; want > 0 and %d", st.GetMemory().GetPgfault(), st.GetMemory().GetUsageLimit(), limit)
 		}
 	default:
 		t.Fatalf("metrics of type %T", data)

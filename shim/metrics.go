@@ -10,9 +10,16 @@ import (
 	"github.com/runckit/runckit"
 )
 
-// metrics puts runckit's Stats into the metrics type containerd expects for
-// the host's cgroup version. Fields runckit does not read stay zero.
+// metrics is the metrics type containerd expects for the host's cgroup
+// version: runckit's Raw figures, which are that type, or, should they be
+// missing, runckit's Stats put into it.
 func metrics(st *runckit.Stats) any {
+	switch raw := st.Raw.(type) {
+	case *v1stats.Metrics:
+		return raw
+	case *v2stats.Metrics:
+		return raw
+	}
 	if cgroups.Mode() == cgroups.Unified {
 		return &v2stats.Metrics{
 			Pids: &v2stats.PidsStat{Current: st.Pids.Current, Limit: st.Pids.Limit},
