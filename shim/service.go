@@ -1,7 +1,6 @@
 package runckitshim
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,7 +31,6 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/pelletier/go-toml/v2"
 
 	"github.com/runckit/runckit"
 )
@@ -206,10 +204,8 @@ func genericRuncOptions(g *runtimeoptions.Options) (*options.Options, error) {
 		body = b
 	}
 	o := &options.Options{}
-	d := toml.NewDecoder(bytes.NewReader(body))
-	d.DisallowUnknownFields()
-	if err := d.Decode(o); err != nil {
-		return nil, fmt.Errorf("runtime options (TOML): %v: %w", err, errdefs.ErrInvalidArgument)
+	if err := decodeRuncOptions(body, o); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -245,10 +241,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	info := shimInfo{Root: filepath.Join(root, ns), Runtime: ro.BinaryName, StateDir: filepath.Join(r.Bundle, "runckit-state")}
 	tio := taskIO{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
-	stdio, closeIO, err := openStdio(tio, ns)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
+	stdio := openStdio(tio, ns)
 	t := &shimTask{bundle: r.Bundle, io: map[string]taskIO{"": tio}}
 	created := &eventstypes.TaskCreate{
 		ContainerID: r.ID,
@@ -283,12 +276,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	// fails, so that a refused request leaves the bundle as it was.
 	undo := bundleUndo(r.Bundle, info.StateDir, shimInfoFile, "init.pid")
 	if err := os.MkdirAll(info.StateDir, 0o700); err != nil {
-		closeIO()
 		undo()
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := writeShimInfo(r.Bundle, info); err != nil {
-		closeIO()
 		undo()
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -305,12 +296,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		c, err = runckit.NewContainer(ctx, r.ID, r.Bundle, opts...)
 	}
 	if err != nil {
-		closeIO()
 		undo()
 		return nil, errgrpc.ToGRPC(err)
 	}
 	t.c = c
-	closeAfterExit(c.Init(), closeIO)
 	info.Pid = c.Init().Pid()
 	_ = writeShimInfo(r.Bundle, info)
 	s.mu.Lock()
@@ -337,15 +326,6 @@ func bundleUndo(bundle, stateDir string, names ...string) func() {
 			_ = os.RemoveAll(p)
 		}
 	}
-}
-
-// closeAfterExit closes the shim's own stdio ends once p's output is drained.
-func closeAfterExit(p *runckit.Process, closeIO func()) {
-	go func() {
-		// waitProcess, not Wait: an exec is still created here.
-		_, _ = waitProcess(context.Background(), p)
-		closeIO()
-	}()
 }
 
 // Start starts init or an exec.
@@ -416,16 +396,9 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	}
 	tio := taskIO{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	ns, _ := namespaces.Namespace(ctx)
-	stdio, closeIO, err := openStdio(tio, ns)
-	if err != nil {
+	if _, err := t.c.Exec(ctx, r.ExecID, &spec, openStdio(tio, ns)); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	p, err := t.c.Exec(ctx, r.ExecID, &spec, stdio)
-	if err != nil {
-		closeIO()
-		return nil, errgrpc.ToGRPC(err)
-	}
-	closeAfterExit(p, closeIO)
 	t.mu.Lock()
 	t.io[r.ExecID] = tio
 	t.mu.Unlock()
