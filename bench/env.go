@@ -672,11 +672,11 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 	}
 
 	sink.arm(procs)
-	if burstRealtime {
+	if burstRealtime || burstNice != 0 || burstSlice != 0 {
 		// Set back whatever happens: a failure part way leaves some
-		// threads realtime otherwise.
-		defer setThreadsRealtime(false)
-		if err := setThreadsRealtime(true); err != nil {
+		// threads raised otherwise.
+		defer setThreadsSched(false)
+		if err := setThreadsSched(true); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -725,16 +725,25 @@ func (e *env) exitLatency(ctx context.Context, round, procs, conts, width int) (
 	return lat, total, nil
 }
 
-// burstRealtime is -rt.
-var burstRealtime bool
+// burstRealtime is -rt, burstNice -nice.
+var (
+	burstRealtime bool
+	burstNice     int
+	burstSlice    time.Duration
+)
 
-// setThreadsRealtime moves every thread of this program to SCHED_FIFO
-// (priority 10), or back to SCHED_NORMAL. Threads made meanwhile inherit
-// the policy; the burst starts no runc, so no child does.
-func setThreadsRealtime(on bool) error {
+// setThreadsSched moves every thread of this program to SCHED_FIFO
+// (priority 10) for -rt or to the nice value of -nice, or back to
+// SCHED_NORMAL at nice 0. Threads made meanwhile inherit the policy; the
+// burst starts no runc, so no child does.
+func setThreadsSched(on bool) error {
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-	if on {
+	switch {
+	case on && burstRealtime:
 		attr.Policy, attr.Priority = unix.SCHED_FIFO, 10
+	case on:
+		attr.Nice = int32(burstNice)
+		attr.Runtime = uint64(burstSlice) // EEVDF: a shorter slice, an earlier deadline
 	}
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
@@ -746,7 +755,7 @@ func setThreadsRealtime(on bool) error {
 			continue
 		}
 		if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("-rt: sched_setattr(%d): %w", tid, err)
+			return fmt.Errorf("sched_setattr(%d): %w", tid, err)
 		}
 	}
 	return nil

@@ -90,6 +90,8 @@ func main() {
 	flag.BoolVar(&cfg.merge, "merge", false, "merge the records into -out (same measurement and size replaced) instead of overwriting it, e.g. -only scale-create -scale 5000 -merge")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	flag.BoolVar(&burstRealtime, "rt", false, "run the exit-latency burst with this program's threads at SCHED_FIFO (priority 10): separates runckit's exit path from the kernel's scheduler placing 1,000 dying processes ahead of it")
+	flag.IntVar(&burstNice, "nice", 0, "run the exit-latency burst with this program's threads at this nice value (SCHED_NORMAL; -20 is the highest weight)")
+	flag.DurationVar(&burstSlice, "slice", 0, "run the exit-latency burst with this program's threads asking the scheduler for this slice (EEVDF's sched_runtime, 0.1ms-100ms; shorter is an earlier deadline)")
 	flag.StringVar(&burstTrace, "trace", "", "write a runtime execution trace of each exit-latency burst, from the first kill to the last exit event, to this file (go tool trace)")
 	flag.Parse()
 	if *cpuProfile != "" {
