@@ -29,9 +29,10 @@ import (
 //
 //   - its arguments are the query's keys and values as pairs, keys sorted
 //     (containerd builds the query from a map, so order carries nothing);
-//   - its environment is exactly CONTAINER_ID (the container's ID, for init
-//     and execs alike) and CONTAINER_NAMESPACE (Stdio.LogNamespace, empty
-//     unless set: runckit has no namespaces of its own);
+//   - its environment is exactly CONTAINER_ID (Stdio.LogID, by default the
+//     container's ID, for init and execs alike) and CONTAINER_NAMESPACE
+//     (Stdio.LogNamespace, empty unless set: runckit has no namespaces of
+//     its own);
 //   - fd 3 reads the process's stdout and fd 4 its stderr; a stream that
 //     does not go to this logger reads /dev/null there;
 //   - fd 5 is a pipe the logger closes, or writes a byte to, when it is

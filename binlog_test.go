@@ -137,7 +137,7 @@ func TestBinaryLogInitOutput(t *testing.T) {
 }
 
 // Two URIs start two loggers, each with its stream on its fd and /dev/null
-// on the other; an exec's logger gets the container's ID.
+// on the other; an exec's logger gets the container's ID, or LogID.
 func TestBinaryLogExecTwoLoggers(t *testing.T) {
 	ctx := runckittest.Context(t, time.Minute)
 	e := newEnv(t)
@@ -172,6 +172,26 @@ func TestBinaryLogExecTwoLoggers(t *testing.T) {
 		if call[1] != c.ID() || len(call) != 2 {
 			t.Errorf("exec logger env %v: want CONTAINER_ID %s and an empty namespace", call, c.ID())
 		}
+	}
+
+	// LogID names the process to the logger instead, as containerd's runc
+	// shim names an exec.
+	s = runckit.Stdio{StdoutPath: loggerURI("binary", bin, map[string]string{"out": f("c.out"), "err": f("c.err")}), LogID: "exec-7", LogNamespace: "ns7"}
+	p, err = c.Exec(ctx, "logged-id", runckittest.ProcessSpec("echo", "hi"), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
+		t.Fatalf("Wait = %v, %v", st, err)
+	}
+	if calls := loggerCalls(t, dir); len(calls) != 3 || len(calls[2]) != 3 || calls[2][1] != "exec-7" || calls[2][2] != "ns7" {
+		t.Errorf("loggers started: %v; want a third with CONTAINER_ID exec-7, CONTAINER_NAMESPACE ns7", calls)
+	}
+	if got := readFile(t, f("c.out")); got != "hi\n" {
+		t.Errorf("c.out = %q", got)
 	}
 }
 

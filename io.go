@@ -77,6 +77,10 @@ type Stdio struct {
 	// stream URIs). runckit has no namespaces; a containerd shim passes the
 	// request's. Empty by default.
 	LogNamespace string
+	// LogID is CONTAINER_ID for logging binaries; empty means the
+	// container's ID, for init and execs alike. containerd's runc shim
+	// gives an exec's logger the exec's ID.
+	LogID string
 }
 
 // stdioKind is how one stream reaches the process.
@@ -216,6 +220,9 @@ const stdinCloseGrace = 100 * time.Millisecond
 func newProcessIO(ctx context.Context, s Stdio, containerID string, uid, gid int) (pio *processIO, err error) {
 	if err := s.validate(); err != nil {
 		return nil, err
+	}
+	if s.LogID != "" {
+		containerID = s.LogID // only loggers are told the ID
 	}
 	p := &processIO{stdio: s, drained: make(chan struct{})}
 	pio = p

@@ -152,6 +152,35 @@ func TestBinaryLogThroughShimService(t *testing.T) {
 	if b, err := os.ReadFile(terr); err != nil || len(b) != 0 {
 		t.Errorf("logger's fd 4 with a terminal = %q, %v; want nothing", b, err)
 	}
+
+	// An exec's logger is told the exec's ID, as by the stock shim.
+	sid := id + "-sleep"
+	st.create(t, &taskAPI.CreateTaskRequest{ID: sid, Bundle: runckittest.Bundle(t, runckittest.Spec(t, "sleep", "1000"))})
+	if _, err := st.s.Start(ctx, &taskAPI.StartRequest{ID: sid}); err != nil {
+		t.Fatal(err)
+	}
+	eout := filepath.Join(dir, "exec.out")
+	euri := (&url.URL{Scheme: "binary", Path: bin, RawQuery: url.Values{"out": {eout}, "err": {eout + ".err"}}.Encode()}).String()
+	proc, err := json.Marshal(runckittest.ProcessSpec("echo", "from-exec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pspec := &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: proc}
+	if _, err := st.s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: sid, ExecID: "logged-exec", Spec: pspec, Stdout: euri, Stderr: euri}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.s.Start(ctx, &taskAPI.StartRequest{ID: sid, ExecID: "logged-exec"}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := st.s.Wait(ctx, &taskAPI.WaitRequest{ID: sid, ExecID: "logged-exec"}); err != nil || w.ExitStatus != 0 {
+		t.Fatalf("exec Wait = %v, %v", w, err)
+	}
+	if b, err := os.ReadFile(eout); err != nil || string(b) != "from-exec\n" {
+		t.Errorf("exec's output at its logger = %q, %v", b, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "calls")); !strings.HasSuffix(string(b), "\nlogged-exec rk-binlog\n") {
+		t.Errorf("logger calls %q; want the exec's logger told CONTAINER_ID logged-exec", b)
+	}
 }
 
 // entries lists what is under dir, for "nothing left behind".

@@ -241,7 +241,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	info := shimInfo{Root: filepath.Join(root, ns), Runtime: ro.BinaryName, StateDir: filepath.Join(r.Bundle, "runckit-state")}
 	tio := taskIO{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
-	stdio := openStdio(tio, ns)
+	stdio := openStdio(tio, ns, "")
 	t := &shimTask{bundle: r.Bundle, io: map[string]taskIO{"": tio}}
 	created := &eventstypes.TaskCreate{
 		ContainerID: r.ID,
@@ -396,7 +396,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	}
 	tio := taskIO{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	ns, _ := namespaces.Namespace(ctx)
-	if _, err := t.c.Exec(ctx, r.ExecID, &spec, openStdio(tio, ns)); err != nil {
+	if _, err := t.c.Exec(ctx, r.ExecID, &spec, openStdio(tio, ns, r.ExecID)); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	t.mu.Lock()
