@@ -95,7 +95,7 @@ conformance: deps
 	cd conformance && $(GO) build -o $(CONFORMANCE_DIR)/bin/conformance .
 	@if [ -z "$(SHIM)$(TEST_RUNTIME)" ]; then \
 		echo "building containerd-shim-runckit-v1 from shim/"; \
-		cd $(SHIM_DIR) && $(GO) build -o $(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1 ./cmd/containerd-shim-runckit-v1; \
+		cd $(SHIM_DIR) && CGO_ENABLED=0 $(GO) build -o $(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1 ./cmd/containerd-shim-runckit-v1; \
 	fi
 	SHIM="$(if $(SHIM)$(TEST_RUNTIME),$(SHIM),$(CONFORMANCE_DIR)/runckit-shim/containerd-shim-runckit-v1)" $(CONFORMANCE_DIR)/bin/conformance
 

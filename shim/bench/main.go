@@ -42,6 +42,7 @@ const (
 	stockRT     = "io.containerd.runc.v2"
 	runckitRT   = "io.containerd.runckit.v1"
 	stockShim   = "containerd-shim-runc-v2"
+	ctrdVersion = "v2.4.2"
 	runckitShim = "containerd-shim-runckit-v1"
 	imageRef    = "docker.io/library/shimbench-busybox:latest"
 )
@@ -68,6 +69,7 @@ type config struct {
 	runc       string
 	busybox    string
 	shimBin    string
+	static     bool
 
 	burstNs    []int
 	lcSeq      int
@@ -90,6 +92,7 @@ func main() {
 	flag.StringVar(&cfg.containerd, "containerd", "/root/go/bin/containerd", "containerd v2.4.2 binary; the stock shim is looked up next to it and on PATH")
 	flag.StringVar(&cfg.runc, "runc", "", "runc binary for the floor (default: runc on PATH, which both shims use too)")
 	flag.StringVar(&cfg.busybox, "busybox", "/bin/busybox", "static busybox the image and the floor's rootfs are built from")
+	flag.BoolVar(&cfg.static, "static", true, "build both shims as containerd's Makefile builds its shims (CGO_ENABLED=0, a static binary): the runckit shim from this module, the stock shim from the module cache (go install ...@"+ctrdVersion+", offline once containerd was installed); false: the runckit shim with the toolchain's defaults and the stock shim found next to containerd")
 	flag.StringVar(&cfg.shimBin, "shim-bin", "", "use this "+runckitShim+" binary instead of building one from this module (e.g. a build with profiling)")
 	flag.Parse()
 	set := map[string]bool{}
@@ -191,13 +194,20 @@ func run(cfg config) (code int) {
 	binDir := filepath.Join(dir, "bin")
 	if cfg.shimBin == "" {
 		log.Printf("building %s", runckitShim)
-		if err := buildShim(ctx, binDir); err != nil {
+		if err := buildShim(ctx, binDir, cfg.static); err != nil {
 			log.Print(err)
 			return 1
 		}
 	} else if err := copyFile(cfg.shimBin, filepath.Join(binDir, runckitShim)); err != nil {
 		log.Print(err)
 		return 1
+	}
+	if cfg.static {
+		log.Printf("building %s %s static", stockShim, ctrdVersion)
+		if err := buildStockShim(ctx, binDir); err != nil {
+			log.Print(err)
+			return 1
+		}
 	}
 
 	floor, err := newFloor(ctx, filepath.Join(dir, "floor"), runcPath, cfg.busybox)
@@ -273,8 +283,9 @@ func run(cfg config) (code int) {
 	return code
 }
 
-// buildShim builds the runckit shim from this module into binDir.
-func buildShim(ctx context.Context, binDir string) error {
+// buildShim builds the runckit shim from this module into binDir; static
+// as containerd builds its own shims.
+func buildShim(ctx context.Context, binDir string, static bool) error {
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return err
 	}
@@ -284,11 +295,37 @@ func buildShim(ctx context.Context, binDir string) error {
 	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(binDir, runckitShim), "./cmd/"+runckitShim)
 	cmd.Dir = modDir
+	cmd.Env = buildEnv(static)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("build %s in %s: %w", runckitShim, modDir, err)
 	}
 	return nil
+}
+
+// buildStockShim installs containerd's runc shim at ctrdVersion into
+// binDir, built as containerd's Makefile builds it (CGO_ENABLED=0), so the
+// two shims differ in their code alone. binDir is first on containerd's
+// PATH.
+func buildStockShim(ctx context.Context, binDir string) error {
+	cmd := exec.CommandContext(ctx, "go", "install", "github.com/containerd/containerd/v2/cmd/"+stockShim+"@"+ctrdVersion)
+	cmd.Dir = os.TempDir() // outside any module: the version is the one asked for
+	cmd.Env = append(buildEnv(true), "GOBIN="+binDir, "GOFLAGS=-tags=no_btrfs")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go install %s@%s: %w (run with -static=false to use the one next to containerd)", stockShim, ctrdVersion, err)
+	}
+	return nil
+}
+
+// buildEnv is the environment of a shim build: CGO_ENABLED=0 when static,
+// as containerd's SHIM_CGO_ENABLED.
+func buildEnv(static bool) []string {
+	env := os.Environ()
+	if static {
+		env = append(env, "CGO_ENABLED=0")
+	}
+	return env
 }
 
 func copyFile(src, dst string) error {

@@ -35,6 +35,7 @@ type meta struct {
 	LoadEnd      string   `json:"loadavg_end"`
 	ElapsedS     float64  `json:"elapsed_s"`
 	Method       string   `json:"method"`
+	Build        string   `json:"build"`
 }
 
 // record is one measurement: medians over rounds, in seconds.
@@ -61,6 +62,14 @@ type record struct {
 	Note   string               `json:"note"`
 }
 
+// buildNote says how the two shims were built.
+func buildNote(cfg config) string {
+	if cfg.static {
+		return "both shims CGO_ENABLED=0 (static), as containerd's Makefile builds shims; stock from the module cache at " + ctrdVersion
+	}
+	return "toolchain defaults (cgo on: dynamically linked against libc); stock shim found next to containerd or on PATH"
+}
+
 func measure(ctx context.Context, cfg config, d *daemon, stock, rk *shimSide, floor *floorSide) (*results, error) {
 	res := &results{Meta: meta{
 		Date:       time.Now().UTC().Format(time.RFC3339),
@@ -72,6 +81,7 @@ func measure(ctx context.Context, cfg config, d *daemon, stock, rk *shimSide, fl
 		Rounds:     cfg.rounds,
 		Quick:      cfg.quick,
 		LoadStart:  loadavg(),
+		Build:      buildNote(cfg),
 		Method: "containerd's Go client (NullIO, Wait before Start) against a containerd the bench starts; " +
 			"stock = io.containerd.runc.v2 (containerd-shim-runc-v2 v2.4.2), runckit = io.containerd.runckit.v1 built from this tree; " +
 			"floor = go-runc on the same runc with containerd's default spec; rounds interleaved, the side that goes first rotating; medians",
