@@ -16,9 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
 	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
-	"github.com/containerd/cgroups/v3/cgroup2"
 	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -135,18 +133,34 @@ type oomNotice struct {
 
 // loadCgroup finds the cgroup of pid on this host's hierarchy, for Stats.
 func loadCgroup(pid int) (containerCgroup, error) {
+	cgs := pidCgroups(strconv.Itoa(pid))
+	if cgs == nil {
+		return nil, fmt.Errorf("cgroups of pid %d: /proc/%d/cgroup unreadable: %w", pid, pid, errdefs.ErrNotFound)
+	}
 	if isUnifiedHost() {
-		group, err := cgroup2.PidGroupPath(pid)
-		if err != nil {
-			return nil, fmt.Errorf("cgroup v2 path of pid %d: %w", pid, err)
+		group, ok := cgs["0"]
+		if !ok {
+			return nil, fmt.Errorf("pid %d has no cgroup v2 path: %w", pid, errdefs.ErrNotFound)
 		}
-		return loadCgroup2(unifiedMountpoint, group)
+		return &cgroupV2{dir: filepath.Join(unifiedMountpoint, group)}, nil
 	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
-	if err != nil {
-		return nil, fmt.Errorf("cgroup v1 of pid %d: %w", pid, err)
+	// Each controller's directory: its hierarchy's mount, below the
+	// mount's own root.
+	dirs := make(map[string]string)
+	for _, m := range cgroupMounts() {
+		p, ok := cgs[m.hierarchy]
+		if !ok || m.hierarchy == "0" {
+			continue
+		}
+		rel, err := filepath.Rel(m.root, p)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		for _, ctrl := range strings.Split(m.hierarchy, ",") {
+			dirs[ctrl] = filepath.Join(m.point, rel)
+		}
 	}
-	return &cgroupV1{cg: cg}, nil
+	return &cgroupV1{dirs: dirs}, nil
 }
 
 // oomSourceFor finds pid's memory cgroup from /proc/<pid>/cgroup alone:
@@ -180,12 +194,13 @@ const (
 	unifiedMountpoint = "/sys/fs/cgroup"
 )
 
+// cgroupV1 is a cgroup on the v1 hierarchies: its directory per controller.
 type cgroupV1 struct {
-	cg cgroup1.Cgroup
+	dirs map[string]string
 }
 
 func (g *cgroupV1) stats() (*Stats, error) {
-	m, err := g.cg.Stat(cgroup1.IgnoreNotExist)
+	m, err := readV1Metrics(g.dirs)
 	if err != nil {
 		return nil, fmt.Errorf("read cgroup v1 stats: %w", err)
 	}
@@ -270,22 +285,13 @@ func statsFromV1(m *v1stats.Metrics) *Stats {
 	return &s
 }
 
+// cgroupV2 is a cgroup v2 directory.
 type cgroupV2 struct {
-	mgr *cgroup2.Manager
-}
-
-// loadCgroup2 loads group under mountpoint; tests point mountpoint at a
-// fabricated tree.
-func loadCgroup2(mountpoint, group string) (*cgroupV2, error) {
-	mgr, err := cgroup2.Load(group, cgroup2.WithMountpoint(mountpoint))
-	if err != nil {
-		return nil, fmt.Errorf("load cgroup v2 %s: %w", group, err)
-	}
-	return &cgroupV2{mgr: mgr}, nil
+	dir string
 }
 
 func (g *cgroupV2) stats() (*Stats, error) {
-	m, err := g.mgr.Stat()
+	m, err := readV2Metrics(g.dir)
 	if err != nil {
 		return nil, fmt.Errorf("read cgroup v2 stats: %w", err)
 	}

@@ -14,12 +14,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -179,19 +178,45 @@ func groupOf(id string) (string, error) {
 	return id, nil
 }
 
+// joinCgroup moves pid into the cgroup path names (the ShimCgroup option:
+// a path below each hierarchy's root): the one v2 directory on a unified
+// host, else every v1 hierarchy mounted under /sys/fs/cgroup that has the
+// directory, as containerd's cgroups library does for the stock shim.
 func joinCgroup(path string, pid int) error {
-	if cgroups.Mode() == cgroups.Unified {
-		cg, err := cgroupsv2.Load(path)
-		if err != nil {
-			return fmt.Errorf("load cgroup %s: %w", path, err)
+	join := func(dir string) error {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", dir, err)
 		}
-		return cg.AddProc(uint64(pid))
+		return nil
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	const root = "/sys/fs/cgroup"
+	if cgroups.Mode() == cgroups.Unified {
+		return join(filepath.Join(root, path))
+	}
+	ents, err := os.ReadDir(root)
 	if err != nil {
-		return fmt.Errorf("load cgroup %s: %w", path, err)
+		return err
 	}
-	return cg.AddProc(uint64(pid))
+	joined := 0
+	for _, e := range ents {
+		// Co-mounted controllers appear once as a directory ("cpu,cpuacct")
+		// and again as symlinks; "unified" is the v2 part of a hybrid host.
+		if !e.IsDir() || e.Name() == "unified" {
+			continue
+		}
+		dir := filepath.Join(root, e.Name(), path)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := join(dir); err != nil {
+			return err
+		}
+		joined++
+	}
+	if joined == 0 {
+		return fmt.Errorf("cgroup %s is in no cgroup v1 hierarchy: %w", path, errdefs.ErrNotFound)
+	}
+	return nil
 }
 
 // Stop is `containerd-shim-runckit-v1 delete`: containerd runs it in the
