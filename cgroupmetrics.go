@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -59,7 +60,7 @@ func readV1Metrics(dirs map[string]string) (*v1stats.Metrics, error) {
 		return readV1Blkio(dir, m.Blkio)
 	})
 	read("hugetlb", func(dir string) error {
-		sizes, err := hugePageSizes()
+		sizes, err := hugePageSizes(true)
 		for _, size := range sizes {
 			h := &v1stats.HugetlbStat{Pagesize: size}
 			p := func(name string) string { return filepath.Join(dir, "hugetlb."+size+"."+name) }
@@ -144,8 +145,13 @@ func readV1Memory(dir string, m *v1stats.Metrics) error {
 		}
 	}
 	oom, err := readKVFile(filepath.Join(dir, "memory.oom_control"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	m.MemoryOomControl = &v1stats.MemoryOomControl{OomKillDisable: oom["oom_kill_disable"], UnderOom: oom["under_oom"], OomKill: oom["oom_kill"]}
-	return errors.Join(append(errs, err)...)
+	// Missing files are left out of the error: the caller drops an error
+	// that is ErrNotExist, which would hide the others joined with it.
+	return errors.Join(errs...)
 }
 
 // readV1Blkio reads the CFQ (or BFQ) recursive counters, or, where no
@@ -297,7 +303,7 @@ func readV2Metrics(dir string) (*v2stats.Metrics, error) {
 			*out = append(*out, &v2stats.RdmaEntry{Device: e.device, HcaHandles: e.handles, HcaObjects: e.objects})
 		}
 	}
-	sizes, err := hugePageSizes()
+	sizes, err := hugePageSizes(false)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -435,17 +441,28 @@ func readRdma(path string) ([]rdmaEntry, error) {
 }
 
 // hugePageSizes names the host's huge page sizes as the hugetlb
-// controller's files do ("2MB", "1GB"), from /sys/kernel/mm/hugepages.
-func hugePageSizes() ([]string, error) {
-	ents, err := os.ReadDir("/sys/kernel/mm/hugepages")
+// controller's files do ("2MB", "1GB"), from /sys/kernel/mm/hugepages: in
+// name order when sorted, else in the directory's own order (containerd's
+// library lists them sorted for v1 and unsorted for v2, and the metrics
+// keep that order).
+func hugePageSizes(sorted bool) ([]string, error) {
+	d, err := os.Open("/sys/kernel/mm/hugepages")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	} else if err != nil {
 		return nil, err
 	}
+	names, err := d.Readdirnames(0)
+	d.Close()
+	if err != nil {
+		return nil, err
+	}
+	if sorted {
+		slices.Sort(names)
+	}
 	var out []string
-	for _, e := range ents {
-		kb, ok := strings.CutPrefix(e.Name(), "hugepages-")
+	for _, name := range names {
+		kb, ok := strings.CutPrefix(name, "hugepages-")
 		kb, ok2 := strings.CutSuffix(kb, "kB")
 		n, err := strconv.ParseUint(kb, 10, 64)
 		if !ok || !ok2 || err != nil {
