@@ -220,9 +220,11 @@ func joinCgroup(path string, pid int) error {
 }
 
 // Stop is `containerd-shim-runckit-v1 delete`: containerd runs it in the
-// bundle of a container whose shim died. It adopts the container from the
+// bundle of a container whose shim died, and also after every task delete
+// (from its connection's close callback). It adopts the container from the
 // records the shim kept and force-deletes it through runckit (runc delete,
-// rootfs unmounted), and reports init's exit.
+// rootfs unmounted), and reports init's exit; without a record there is
+// nothing of runckit's left.
 func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	bundle, err := os.Getwd()
 	if err != nil {
@@ -241,11 +243,13 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	killed.Pid = info.Pid
 	c, err := runckit.LoadContainer(ctx, id, info.options()...)
-	if err != nil {
+	if errdefs.IsNotFound(err) {
+		// The usual case: the task was deleted through the shim, which
+		// removed the record, and containerd runs this after every delete.
+		log.G(ctx).WithError(err).Debug("runckit: no record of the container; nothing to delete")
+		return killed, nil
+	} else if err != nil {
 		log.G(ctx).WithError(err).Warn("runckit: adopting the container failed; nothing deleted")
-		if errdefs.IsNotFound(err) {
-			return killed, nil
-		}
 		return killed, err
 	}
 	init := c.Init()
