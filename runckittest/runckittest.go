@@ -236,7 +236,7 @@ func RuntimeRoot(t testing.TB) string {
 	t.Cleanup(func() {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
-			t.Errorf("runc state left behind in %s: %s", dir, e.Name())
+			t.Errorf("runc state left behind in %s: %s (%s)", dir, e.Name(), describeState(filepath.Join(dir, e.Name())))
 			exec.Command(Runtime(), "--root", dir, "delete", "--force", e.Name()).Run()
 		}
 		os.RemoveAll(dir)
@@ -307,4 +307,20 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// describeState lists what a leftover state directory holds, with sizes
+// and modification times, for the report of a leak.
+func describeState(dir string) string {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			parts = append(parts, fmt.Sprintf("%s %d bytes %s", e.Name(), fi.Size(), fi.ModTime().Format("15:04:05.000000")))
+		}
+	}
+	return fmt.Sprintf("holds [%s], now %s", strings.Join(parts, ", "), time.Now().Format("15:04:05.000000"))
 }
