@@ -149,13 +149,7 @@ func TestBinaryLogExecTwoLoggers(t *testing.T) {
 		StdoutPath: loggerURI("binary", bin, map[string]string{"out": f("a.out"), "err": f("a.err")}),
 		StderrPath: loggerURI("binary", bin, map[string]string{"out": f("b.out"), "err": f("b.err")}),
 	}
-	p, err := c.Exec(ctx, "logged", runckittest.ProcessSpec("sh", "-c", "echo to-out; echo to-err >&2"), s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p := startExec(t, ctx, c, "logged", runckittest.ProcessSpec("sh", "-c", "echo to-out; echo to-err >&2"), s)
 	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
 		t.Fatalf("Wait = %v, %v", st, err)
 	}
@@ -177,13 +171,7 @@ func TestBinaryLogExecTwoLoggers(t *testing.T) {
 	// LogID names the process to the logger instead, as containerd's runc
 	// shim names an exec.
 	s = runckit.Stdio{StdoutPath: loggerURI("binary", bin, map[string]string{"out": f("c.out"), "err": f("c.err")}), LogID: "exec-7", LogNamespace: "ns7"}
-	p, err = c.Exec(ctx, "logged-id", runckittest.ProcessSpec("echo", "hi"), s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p = startExec(t, ctx, c, "logged-id", runckittest.ProcessSpec("echo", "hi"), s)
 	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
 		t.Fatalf("Wait = %v, %v", st, err)
 	}
@@ -283,6 +271,32 @@ func TestBinaryLogFailuresLeaveNothing(t *testing.T) {
 	}
 	if err := p.Delete(ctx); err != nil {
 		t.Errorf("delete the exec: %v", err)
+	}
+
+	// With a terminal: the logger for StdoutPath starts, then StdinPath
+	// can not be opened; the start fails and the logger is ended.
+	before := len(loggerCalls(t, dir))
+	tty := runckittest.ProcessSpec("echo", "hi")
+	tty.Terminal = true
+	p, err = sleeper.Exec(ctx, "tty-bad-stdin", tty, runckit.Stdio{Terminal: true,
+		StdinPath: filepath.Join(dir, "no-such-input"), StdoutPath: loggerURI("binary", loggerScript(t, dir, "tty-logger", copyLogger), map[string]string{"out": filepath.Join(dir, "tty.out"), "err": filepath.Join(dir, "tty.err")})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); !errdefs.IsNotFound(err) {
+		t.Errorf("terminal exec with a missing StdinPath: %v; want NotFound", err)
+	}
+	if err := p.Delete(ctx); err != nil {
+		t.Errorf("delete the exec: %v", err)
+	}
+	calls := loggerCalls(t, dir)[before:]
+	if len(calls) != 1 {
+		t.Errorf("loggers started for the terminal exec: %v; want 1", calls)
+	}
+	for _, call := range calls {
+		if pid, _ := strconv.Atoi(call[0]); !gone(pid) {
+			t.Errorf("terminal exec's logger %d still exists", pid)
+		}
 	}
 
 	// The stuck loggers' sleeps were in their groups: gone with them.
@@ -417,17 +431,11 @@ func TestTerminalToPaths(t *testing.T) {
 	if err := syscall.Mkfifo(f("in"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, err := c.Exec(ctx, "tty-logged", runckittest.ProcessSpec("sh", "-c", "read line; echo got:$line; [ -t 1 ] && echo is-a-tty"), runckit.Stdio{
+	p := startExec(t, ctx, c, "tty-logged", runckittest.ProcessSpec("sh", "-c", "read line; echo got:$line; [ -t 1 ] && echo is-a-tty"), runckit.Stdio{
 		Terminal:   true,
 		StdinPath:  "fifo://" + f("in"),
 		StdoutPath: loggerURI("binary", bin, map[string]string{"out": f("a.out"), "err": f("a.err")}),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	w, err := os.OpenFile(f("in"), os.O_WRONLY, 0) // waits for runckit's reader
 	if err != nil {
 		t.Fatal(err)
@@ -455,15 +463,9 @@ func TestTerminalToPaths(t *testing.T) {
 	if err := os.WriteFile(f("in.txt"), []byte("from-file\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, err = c.Exec(ctx, "tty-files", runckittest.ProcessSpec("sh", "-c", "read line; echo got:$line"), runckit.Stdio{
+	p = startExec(t, ctx, c, "tty-files", runckittest.ProcessSpec("sh", "-c", "read line; echo got:$line"), runckit.Stdio{
 		Terminal: true, StdinPath: f("in.txt"), StdoutPath: "file://" + f("out.txt"),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if st, err := p.Wait(ctx); err != nil || st.Code != 0 {
 		t.Fatalf("Wait = %v, %v", st, err)
 	}

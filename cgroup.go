@@ -1,8 +1,6 @@
 package runckit
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -375,14 +373,15 @@ func preadKeyedCounter(fd int, key string) (uint64, error) {
 }
 
 func keyedCounter(data []byte, path, key string) (uint64, error) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 2 && f[0] == key {
-			return strconv.ParseUint(f[1], 10, 64)
-		}
+	kv, err := parseKV(data, path)
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("%s has no %q line: %w", path, key, errdefs.ErrNotFound)
+	v, ok := kv[key]
+	if !ok {
+		return 0, fmt.Errorf("%s has no %q line: %w", path, key, errdefs.ErrNotFound)
+	}
+	return v, nil
 }
 
 // oomLoop waits on every container's OOM notifier.

@@ -37,12 +37,18 @@ func fakeCgroup2(t *testing.T) (mountpoint, group string) {
 		"pids.max":            "100\n",
 		"io.stat":             "8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n8:16 rbytes=10 wbytes=20 rios=3 wios=4 dbytes=0 dios=0\n",
 	}
+	writeCgroupFiles(t, dir, files)
+	return mountpoint, group
+}
+
+// writeCgroupFiles writes a fabricated cgroup directory's files.
+func writeCgroupFiles(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return mountpoint, group
 }
 
 func TestCgroupV2StatsFromFiles(t *testing.T) {

@@ -1,7 +1,6 @@
 package runckit
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 
 	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
-	"golang.org/x/sys/unix"
 )
 
 // A container's cgroup figures, read from cgroupfs into the metrics types
@@ -504,28 +502,33 @@ func readUintFile(path string, max uint64, v *uint64) error {
 	return nil
 }
 
-// readKVFile reads "key value" lines.
+// readKVFile reads a file of "key value" lines (cpu.stat, memory.stat,
+// memory.events).
 func readKVFile(path string) (map[string]uint64, error) {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	return parseKV(data, path)
+}
+
+// parseKV parses "key value" lines; what it read before a malformed line
+// is returned with the error.
+func parseKV(data []byte, path string) (map[string]uint64, error) {
 	out := make(map[string]uint64)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
 		if len(fields) != 2 {
-			return out, fmt.Errorf("%s: line %q: want \"key value\"", path, sc.Text())
+			return out, fmt.Errorf("%s: line %q: want \"key value\"", path, line)
 		}
 		v, err := parseCgroupUint(fields[1])
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", path, err)
 		}
 		out[fields[0]] = v
-	}
-	if err := sc.Err(); err != nil && !errors.Is(err, unix.ENODEV) {
-		return out, fmt.Errorf("%s: %w", path, err)
 	}
 	return out, nil
 }

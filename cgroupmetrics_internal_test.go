@@ -1,7 +1,6 @@
 package runckit
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -32,11 +31,7 @@ func TestV2MetricsMatchContainerdCgroups(t *testing.T) {
 		"hugetlb.1GB.max":     "0\n",
 		"hugetlb.1GB.events":  "max 0\n",
 	}
-	for name, content := range extra {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeCgroupFiles(t, dir, extra)
 	got, err := readV2Metrics(dir)
 	if err != nil {
 		t.Fatal(err)

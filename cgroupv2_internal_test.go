@@ -2,7 +2,6 @@ package runckit
 
 import (
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 )
@@ -13,11 +12,7 @@ import (
 // in the cgroup v2 lane: Pids.Limit was 18446744073709551615.)
 func TestCgroupV2NoLimitsAsDocumented(t *testing.T) {
 	mnt, group := fakeCgroup2(t)
-	for name, content := range map[string]string{"pids.max": "max\n", "memory.max": "max\n"} {
-		if err := os.WriteFile(filepath.Join(mnt, group, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeCgroupFiles(t, filepath.Join(mnt, group), map[string]string{"pids.max": "max\n", "memory.max": "max\n"})
 	cg := &cgroupV2{dir: filepath.Join(mnt, group)}
 	st, err := cg.stats()
 	if err != nil {

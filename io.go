@@ -204,9 +204,10 @@ type processIO struct {
 
 	// With a terminal and paths: termOut is where the terminal's output is
 	// copied (StdoutPath: a file, a FIFO or a logger's pipe), closed when
-	// the copy ends; termIn opens StdinPath for the copy into the terminal.
+	// the copy ends; termIn is what is copied into the terminal (StdinPath:
+	// a file, or the pipe a FIFO's input loop feeds). Both are in host.
 	termOut *os.File
-	termIn  func() (io.ReadCloser, error)
+	termIn  *os.File
 }
 
 // stdinCloseGrace is how long CloseStdin waits for the input copy to
@@ -678,34 +679,23 @@ func (pio *processIO) addTerminalCopies(master *os.File) {
 			pio.termOut.Close() // a logger or FIFO reader sees the end
 		}
 	})
-	switch {
-	case pio.termIn != nil:
+	r := pio.stdio.Stdin
+	if pio.termIn != nil {
+		r = pio.termIn
+	}
+	if r != nil {
 		pio.inputDone = make(chan struct{})
-		open := pio.termIn
-		pio.inputs = append(pio.inputs, func() {
-			r, err := open()
-			if err != nil {
-				close(pio.inputDone)
-				return
-			}
-			defer r.Close()
-			pio.copyInput(r, master)
-		})
-	case pio.stdio.Stdin != nil:
-		pio.inputDone = make(chan struct{})
-		r := pio.stdio.Stdin
 		pio.inputs = append(pio.inputs, func() { pio.copyInput(r, master) })
 	}
 }
 
-// setupTerminalPaths resolves StdinPath and StdoutPath for a terminal: the
-// terminal's output is copied to the file, FIFO or logging binary that
-// StdoutPath names, and the terminal's input is read from StdinPath. The
-// process itself only gets the terminal.
+// setupTerminalPaths resolves StdinPath and StdoutPath for a terminal with
+// the same set-up as without one: the ends the process would have got go
+// to the copies into and out of the terminal instead (a FIFO's input loop
+// still feeds its pipe; the terminal copy reads the pipe). The process
+// itself only gets the terminal.
 func (pio *processIO) setupTerminalPaths(ctx context.Context, s Stdio, containerID string) error {
 	if s.StdoutPath != "" {
-		// The same set-up as without a terminal, for an end that the copy
-		// from the terminal writes to instead of the process.
 		if err := pio.setupLoggers(ctx, s, containerID, 0, 0); err != nil {
 			return err
 		}
@@ -717,26 +707,13 @@ func (pio *processIO) setupTerminalPaths(ctx context.Context, s Stdio, container
 		pio.termOut, pio.child[1] = pio.child[1], nil
 		pio.host = append(pio.host, pio.termOut)
 	}
-	if s.StdinPath == "" {
-		return nil
-	}
-	p, fifo, err := parseStdioPath("StdinPath", s.StdinPath)
-	if err != nil {
-		return err
-	}
-	if !fifo {
-		f, err := os.Open(p)
-		if err != nil {
-			return openError("StdinPath", err)
+	if s.StdinPath != "" {
+		if err := pio.setupInput(nil, s.StdinPath, 0, 0); err != nil {
+			return err
 		}
-		pio.host = append(pio.host, f)
-		pio.termIn = func() (io.ReadCloser, error) { return io.NopCloser(f), nil }
-		return nil
+		pio.termIn, pio.child[0] = pio.child[0], nil
+		pio.host = append(pio.host, pio.termIn)
 	}
-	// A FIFO is opened by the input loop, as without a terminal: the open
-	// waits for a writer, which the unblocker stands in for at the end.
-	pio.host = append(pio.host, fifoUnblocker(p))
-	pio.termIn = func() (io.ReadCloser, error) { return os.OpenFile(p, os.O_RDONLY, 0) }
 	return nil
 }
 

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/runckit/runckit"
 	"github.com/runckit/runckit/runckittest"
 )
@@ -123,7 +125,13 @@ func TestReusedPidNeverGetsAnotherExit(t *testing.T) {
 
 func runExec(t *testing.T, ctx context.Context, c *runckit.Container, id string, args ...string) *runckit.Process {
 	t.Helper()
-	p, err := c.Exec(ctx, id, runckittest.ProcessSpec(args...), runckit.Stdio{})
+	return startExec(t, ctx, c, id, runckittest.ProcessSpec(args...), runckit.Stdio{})
+}
+
+// startExec is runExec with a spec and stdio of the caller's.
+func startExec(t *testing.T, ctx context.Context, c *runckit.Container, id string, spec *specs.Process, stdio runckit.Stdio) *runckit.Process {
+	t.Helper()
+	p, err := c.Exec(ctx, id, spec, stdio)
 	if err != nil {
 		t.Fatal(err)
 	}

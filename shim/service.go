@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -352,7 +353,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	if r.ExecID == "" {
 		if p.Status() == runckit.StatusCreated {
-			st.ExitedAt = timeNow()
+			st.ExitedAt = time.Now()
 		}
 		if err := t.c.Delete(ctx); err != nil {
 			return nil, errgrpc.ToGRPC(err)
@@ -654,7 +655,7 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	a, err := typeurl.MarshalAnyToProto(metrics(st))
+	a, err := typeurl.MarshalAnyToProto(st.Raw) // containerd's v1 or v2 metrics, as the stock shim returns
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
